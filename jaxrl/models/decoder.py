@@ -1,0 +1,222 @@
+"""Functional Flax (linen) decoder for the Llama-3, Qwen2/2.5 and Qwen3 families.
+
+    logits_BTV = Decoder(cfg).apply({'params': params}, tokens_BT)
+    logits_BTV, cache = Decoder(cfg).apply({'params': params}, tokens_BT, cache=cache)
+
+Parameter names follow the HF checkpoints one to one (see `hf.py`); every parameter carries
+logical axis names (`vocab`, `embed`, `heads`, `kv_heads`, `mlp`) that `sharding.py` maps to
+mesh axes. Activations run in `cfg.dtype`; norms, softmax and logits in float32.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxrl.models.config import ModelConfig
+from jaxrl.models.kv_cache import KVCache
+
+_NEG = -1e30  # finite, so a fully masked (padding) query row gives no NaN
+
+
+def _init(axes):
+    return nn.with_logical_partitioning(nn.initializers.normal(0.02), axes)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    # Llama-3 scaling: long wavelengths divided by `factor`, short kept, a smooth ramp between.
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x_BTHD: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """HF's rotate-half convention: the two halves of each head are (re, im)."""
+    angles_BTF = positions_BT[..., None].astype(jnp.float32) * inv_freq
+    cos = jnp.cos(angles_BTF)[:, :, None, :]
+    sin = jnp.sin(angles_BTF)[:, :, None, :]
+    x = x_BTHD.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BTHD.dtype)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones,
+                                                                 (self.axis_name,)),
+                           (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * x32.astype(self.dtype)
+
+
+def attend(q_BTHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array,
+           mask_BTS: jax.Array) -> jax.Array:
+    """Grouped-query attention: softmax in float32, masked keys get zero weight."""
+    b, t, h, d = q_BTHD.shape
+    kv = k_BSKD.shape[2]
+    q_BTKGD = q_BTHD.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD,
+                        preferred_element_type=jnp.float32) / math.sqrt(d)
+    scores = jnp.where(mask_BTS[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKD.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BSKD)
+    return out.reshape(b, t, h * d)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTE, positions_BT, mask_BTS, cache: KVCache | None, layer: int,
+                 attend_cache: bool):
+        cfg = self.cfg
+        h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dense = lambda n, axes, bias, name: nn.Dense(  # noqa: E731
+            n, use_bias=bias, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+            kernel_init=_init(axes), bias_init=nn.with_logical_partitioning(
+                nn.initializers.zeros, axes[1:]), name=name)
+        b, t, _ = x_BTE.shape
+        q = dense(h * d, ("embed", "heads"), cfg.qkv_bias, "q_proj")(x_BTE).reshape(b, t, h, d)
+        k = dense(kv * d, ("embed", "kv_heads"), cfg.qkv_bias, "k_proj")(x_BTE).reshape(b, t, kv, d)
+        v = dense(kv * d, ("embed", "kv_heads"), cfg.qkv_bias, "v_proj")(x_BTE).reshape(b, t, kv, d)
+        if cfg.qk_norm:
+            norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype,  # noqa: E731
+                                        cfg.jnp_param_dtype, "head_dim", name=name)
+            q, k = norm("q_norm")(q), norm("k_norm")(k)
+        inv_freq = rope_inv_freq(cfg)
+        q = apply_rope(q, positions_BT, inv_freq)
+        k = apply_rope(k, positions_BT, inv_freq)
+        if cache is not None:
+            cache = cache.write(layer, k, v)
+            if attend_cache:
+                k, v = cache.k[layer], cache.v[layer]
+        out = attend(q, k, v, mask_BTS)
+        out = dense(cfg.hidden_size, ("heads", "embed"), False, "o_proj")(out)
+        return out, cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTE):
+        cfg = self.cfg
+        dense = lambda n, axes, name: nn.Dense(  # noqa: E731
+            n, use_bias=False, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+            kernel_init=_init(axes), name=name)
+        gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x_BTE)
+        up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x_BTE)
+        return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTE, positions_BT, mask_BTS, cache, layer, attend_cache):
+        cfg = self.cfg
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype,  # noqa: E731
+                                    name=name)
+        attn_out, cache = Attention(cfg, name="attn")(
+            norm("attn_norm")(x_BTE), positions_BT, mask_BTS, cache, layer, attend_cache)
+        x_BTE = x_BTE + attn_out
+        x_BTE = x_BTE + MLP(cfg, name="mlp")(norm("mlp_norm")(x_BTE))
+        return x_BTE, cache
+
+
+def _masks(tokens_BT, cache, attention_mask_BT, positions_BT, prefill):
+    """(positions_BT, mask_BTS) for the three call forms: no cache, prefill, cached step."""
+    b, t = tokens_BT.shape
+    q_BT1 = jnp.arange(t)[None, :, None]
+    if cache is None:
+        valid_BT = (jnp.ones((b, t), bool) if attention_mask_BT is None
+                    else attention_mask_BT.astype(bool))
+        if positions_BT is None:
+            positions_BT = jnp.maximum(jnp.cumsum(valid_BT, axis=1) - 1, 0)
+        mask = (jnp.arange(t)[None, None, :] <= q_BT1) & valid_BT[:, None, :]
+        return positions_BT, mask
+    if positions_BT is None:
+        positions_BT = jnp.maximum(cache.positions(t), 0)
+    if prefill:  # keys are only the new tokens, written at slots lengths_B + j
+        key_slot_BS = cache.lengths_B[:, None] + jnp.arange(t)
+        causal = jnp.arange(t)[None, None, :] <= q_BT1
+    else:  # keys are the whole cache, including the new tokens just written
+        key_slot_BS = jnp.broadcast_to(jnp.arange(cache.max_len), (b, cache.max_len))
+        causal = key_slot_BS[:, None, :] <= (cache.lengths_B[:, None, None] + q_BT1)
+    mask = causal & (key_slot_BS >= cache.starts_B[:, None])[:, None, :]
+    return positions_BT, mask
+
+
+class Decoder(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BT: jax.Array, *, cache: KVCache | None = None,
+                 attention_mask_BT: jax.Array | None = None,
+                 positions_BT: jax.Array | None = None, prefill: bool = False,
+                 logits_at_BK: jax.Array | None = None, return_hidden: bool = False):
+        """Logits `[B, T, V]` (float32), or `(logits, cache)` when a cache is given.
+
+        Without a cache: causal attention over `tokens_BT`; `attention_mask_BT` (1 = token)
+        masks padding on either side and sets positions to the count of earlier tokens.
+        With a cache: the T tokens are appended at each row's `lengths_B` and attend to the
+        row's valid slots; `lengths_B` advances by T (callers shrink it to roll back).
+        `prefill=True` promises the cache holds nothing before these tokens, so attention
+        reads only them (cheaper than reading all S_max slots).
+        `logits_at_BK` selects K positions per row to unembed (e.g. the last prompt token).
+        """
+        cfg = self.cfg
+        positions_BT, mask_BTS = _masks(tokens_BT, cache, attention_mask_BT, positions_BT, prefill)
+        embedding = self.param("embedding", _init(("vocab", "embed")),
+                               (cfg.vocab_size, cfg.hidden_size), cfg.jnp_param_dtype)
+        x_BTE = jnp.take(embedding, tokens_BT, axis=0).astype(cfg.jnp_dtype)
+        for i in range(cfg.num_layers):
+            x_BTE, cache = Block(cfg, name=f"layers_{i}")(
+                x_BTE, positions_BT, mask_BTS, cache, i, not prefill)
+        x_BTE = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="final_norm")(x_BTE)
+        if logits_at_BK is not None:
+            x_BTE = jnp.take_along_axis(x_BTE, logits_at_BK[..., None], axis=1)
+        if cfg.tie_word_embeddings:
+            unembed_EV = embedding.T
+        else:
+            unembed_EV = self.param("lm_head", _init(("embed", "vocab")),
+                                    (cfg.hidden_size, cfg.vocab_size), cfg.jnp_param_dtype)
+        out = x_BTE if return_hidden else jnp.einsum(
+            "bte,ev->btv", x_BTE, unembed_EV.astype(cfg.jnp_dtype),
+            preferred_element_type=jnp.float32)
+        if cache is None:
+            return out
+        return out, cache.advance(tokens_BT.shape[1])
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
+    """Random params (plain arrays; logical axes come from `param_axes`)."""
+    variables = Decoder(cfg).init(rng, jnp.zeros((1, 1), jnp.int32))
+    return nn.meta.unbox(variables["params"])
+
+
+def param_axes(cfg: ModelConfig) -> dict:
+    """The logical axis names of every param, as a pytree of `PartitionSpec`s."""
+    abstract = jax.eval_shape(lambda: Decoder(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
+    return nn.get_partition_spec(abstract["params"])
