@@ -18,7 +18,7 @@ setup(
         "ml-collections>=1.0",
         "absl-py>=2.1",
         "numpy>=2.0",
-        "safetensors>=0.4",
+        "safetensors>=0.8",
         "tokenizers>=0.20",
     ],
     extras_require={
@@ -26,7 +26,7 @@ setup(
             "pytest>=8",
             "pytest-xdist>=3.5",
             "torch>=2.5",
-            "transformers>=4.50",
+            "transformers>=5.0",
         ],
     },
 )

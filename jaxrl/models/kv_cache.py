@@ -1,6 +1,8 @@
 """KV cache with per-row lengths.
 
-Each layer keeps keys and values as `[B, S_max, H_kv, D]`. Row `b` holds valid entries in
+Each layer keeps keys and values as `[B, H_kv, S_max, D]` (heads before slots, so the
+attention matmuls batch over adjacent (B, H_kv) dims and read the cache without a
+transposing copy each step). Row `b` holds valid entries in
 slots `[starts_B[b], lengths_B[b])`: `starts` skips left padding, `lengths` is where the
 next token is written. Appending `T` tokens writes slots `lengths .. lengths+T-1` of each
 row; rolling a row back (rejected draft tokens, right-padded prompts) is just a smaller
@@ -17,14 +19,14 @@ from jaxrl.models.config import ModelConfig
 
 @struct.dataclass
 class KVCache:
-    k: tuple[jax.Array, ...]  # per layer [B, S, K, D]
+    k: tuple[jax.Array, ...]  # per layer [B, K, S, D]
     v: tuple[jax.Array, ...]
     lengths_B: jax.Array  # int32: next write slot == number of slots used
     starts_B: jax.Array  # int32: first valid slot (left padding before it)
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[1]
+        return self.k[0].shape[2]
 
     def positions(self, num_new: int) -> jax.Array:
         """RoPE positions `[B, T]` of the next `num_new` tokens (slot minus left padding)."""
@@ -32,11 +34,13 @@ class KVCache:
 
     def write(self, layer: int, k_BTKD: jax.Array, v_BTKD: jax.Array) -> "KVCache":
         """Writes new keys/values at each row's own offset; slots past S_max are dropped."""
-        b, t = k_BTKD.shape[:2]
-        slots_BT = self.lengths_B[:, None] + jnp.arange(t, dtype=jnp.int32)
-        rows_BT = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
-        k = self.k[layer].at[rows_BT, slots_BT].set(k_BTKD.astype(self.k[layer].dtype), mode="drop")
-        v = self.v[layer].at[rows_BT, slots_BT].set(v_BTKD.astype(self.v[layer].dtype), mode="drop")
+        b, t, kv, _ = k_BTKD.shape
+        slots_B1T = (self.lengths_B[:, None] + jnp.arange(t, dtype=jnp.int32))[:, None, :]
+        rows_B11 = jnp.arange(b)[:, None, None]
+        heads_1K1 = jnp.arange(kv)[None, :, None]
+        put = lambda cache_BKSD, new_BTKD: cache_BKSD.at[rows_B11, heads_1K1, slots_B1T].set(  # noqa: E731
+            new_BTKD.transpose(0, 2, 1, 3).astype(cache_BKSD.dtype), mode="drop")
+        k, v = put(self.k[layer], k_BTKD), put(self.v[layer], v_BTKD)
         return self.replace(k=self.k[:layer] + (k,) + self.k[layer + 1:],
                             v=self.v[:layer] + (v,) + self.v[layer + 1:])
 
@@ -47,7 +51,7 @@ class KVCache:
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None,
                starts_B: jax.Array | None = None) -> KVCache:
     dtype = dtype or config.jnp_dtype
-    shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, max_len, config.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
     zeros_v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
     starts = jnp.zeros((batch,), jnp.int32) if starts_B is None else starts_B.astype(jnp.int32)
