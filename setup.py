@@ -20,6 +20,7 @@ setup(
         "numpy>=2.0",
         "safetensors>=0.8",
         "tokenizers>=0.20",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         "test": [
@@ -27,6 +28,12 @@ setup(
             "pytest-xdist>=3.5",
             "torch>=2.5",
             "transformers>=5.0",
+            # TFDS data (jaxrl/tasks/tfds_builders.py), written and read without TensorFlow;
+            # tfds imports importlib_resources but declares it only for Python < 3.9
+            # (tensorflow/datasets#11212).
+            "tensorflow-datasets>=4.9.10",
+            "array-record>=0.8.6",
+            "importlib_resources>=6",
         ],
     },
 )

@@ -1,6 +1,7 @@
 """Entry point: `python -m jaxrl.main --config=configs/generate.py --workdir=DIR`.
 
-Jobs: `generate` (sample completions from a model and report tokens/s).
+Jobs: `train` (SFT warm-up then GRPO on an embedded task: configs/grpo.py, configs/sft.py)
+and `generate` (sample completions from a model and report tokens/s: configs/generate.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from jaxrl.models import hf
 from jaxrl.models.config import PRESETS, preset
 from jaxrl.models.decoder import Decoder, init_params, param_axes
 from jaxrl.models.tokenizer import CharTokenizer, HFTokenizer
+from jaxrl.rl import train
 from jaxrl.rollout.decode import generate
 from jaxrl.rollout.sampling import SamplingParams
 
@@ -26,13 +28,16 @@ config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file (op
 flags.DEFINE_string("workdir", None, "Where outputs (and later checkpoints) go.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-JOBS = ("generate",)
+JOBS = ("train", "generate")
 
 
 def validate(config) -> None:
     """Fails before any compile, naming the bad field and what is allowed."""
     if config.job not in JOBS:
         raise ValueError(f"config.job={config.job!r}; valid: {JOBS}")
+    if config.job == "train":
+        train.validate(config)
+        return
     if not config.model.path and config.model.preset not in PRESETS:
         raise ValueError(f"config.model.preset={config.model.preset!r}; valid: {sorted(PRESETS)} "
                          "(or set config.model.path to an HF checkpoint directory)")
@@ -109,9 +114,14 @@ def run_generate(config, workdir: str) -> dict:
 def main(argv):
     del argv
     config = flags.FLAGS.config
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
+        logging.set_verbosity(logging.WARNING)
     validate(config)
     logging.info("config:\n%s", config)
-    run_generate(config, flags.FLAGS.workdir)
+    if config.job == "train":
+        train.run(config, flags.FLAGS.workdir)
+    else:
+        run_generate(config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,14 @@ def shard_params(params, param_axes, mesh: Mesh, rules: Rules = DEFAULT_RULES):
     return jax.device_put(params, tree_shardings(param_axes, params, mesh, rules))
 
 
+def replicate_rest(tree, mesh: Mesh):
+    """Leaves already spread over the whole mesh stay; the rest (scalars, counters, keys made
+    on one device) are replicated over it, so jitted steps see one device set."""
+    replicated = NamedSharding(mesh, P())
+    on_mesh = lambda x: isinstance(x, jax.Array) and x.sharding.device_set == set(mesh.devices.flat)  # noqa: E731
+    return jax.tree.map(lambda x: x if on_mesh(x) else jax.device_put(x, replicated), tree)
+
+
 def _batch_axes(mesh: Mesh, rules: Rules) -> tuple[str, ...]:
     return tuple(a for a in _mesh_axes_for("batch", rules) if mesh.shape[a] > 1)
 

@@ -74,6 +74,10 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2,
                         num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=True,
                         qkv_bias=True, rope_theta=10000.0, max_position_embeddings=2048),
+    # The CPU main job's policy: learns the easy embedded tasks in minutes on 2 cores.
+    "small": ModelConfig(vocab_size=128, hidden_size=128, intermediate_size=384, num_layers=4,
+                         num_heads=4, num_kv_heads=2, head_dim=32, tie_word_embeddings=True,
+                         rope_theta=10000.0, max_position_embeddings=2048),
     "qwen2_0p5b": ModelConfig(vocab_size=151936, hidden_size=896, intermediate_size=4864,
                               num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
                               rope_theta=1000000.0, tie_word_embeddings=True, qkv_bias=True),

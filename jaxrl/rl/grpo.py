@@ -1,0 +1,164 @@
+"""One GRPO step as pure functions: rollout -> reward -> advantages -> minibatch updates.
+
+    rollout = rollout_phase(model, rl, state, prompts)
+    rewards_B, reward_metrics = reward(rollout..., targets)
+    state, metrics = update_phase(model, rl, state, prompts, rollout, rewards_B)
+
+`make_step` composes them in one `jax.jit` with the state donated (a JAX reward), or in two
+jits split at a host reward. `rl` is the `config.rl` ConfigDict (static).
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jaxrl.models.decoder import Decoder
+from jaxrl.rl import advantages as adv_lib
+from jaxrl.rl import losses
+from jaxrl.rl.logprobs import completion_logits, completion_mask, token_logprobs
+from jaxrl.rl.state import TrainState, apply_gradients
+from jaxrl.rollout.decode import Rollout, generate
+from jaxrl.rollout.sampling import SamplingParams
+
+_ROLLOUT_SALT, _SHUFFLE_SALT = 0, 1
+
+
+def repeat_groups(x_P, g: int):
+    """Each prompt's row repeated G times, groups contiguous: row b is prompt b // G."""
+    return jnp.repeat(x_P, g, axis=0)
+
+
+def rollout_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_lengths_P, *,
+                  max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int) -> Rollout:
+    g = rl.num_generations
+    prompts_BL = repeat_groups(prompts_PL, g)
+    b = prompts_BL.shape[0]
+    sampling = SamplingParams.make(b, rl.temperature, rl.top_k, rl.top_p)
+    return generate(model, state.params, prompts_BL, repeat_groups(prompt_lengths_P, g),
+                    jnp.arange(b, dtype=jnp.int32), state.key(_ROLLOUT_SALT), sampling,
+                    max_new_tokens=max_new_tokens, stop_tokens=stop_tokens, pad_id=pad_id)
+
+
+def _length_stats(lengths_B):
+    x = lengths_B.astype(jnp.float32)
+    return {"response_length/mean": x.mean(), "response_length/p50": jnp.percentile(x, 50),
+            "response_length/p90": jnp.percentile(x, 90), "response_length/max": x.max()}
+
+
+def update_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_lengths_P,
+                 rollout: Rollout, rewards_B) -> tuple[TrainState, dict]:
+    g = rl.num_generations
+    prompts_BL = repeat_groups(prompts_PL, g)
+    plen_B = repeat_groups(prompt_lengths_P, g)
+    tokens_BN, lengths_B = rollout.tokens_BN, rollout.lengths_B
+    b, n = tokens_BN.shape
+    rewards_PG = rewards_B.reshape(-1, g)
+    adv_B = adv_lib.group_advantages(rewards_PG, rl.advantage).reshape(b)
+    signal_P = adv_lib.has_signal_P(rewards_PG)
+
+    mask_BN = completion_mask(lengths_B, n)
+    if rl.overlong_filter:
+        mask_BN = losses.overlong_mask(rollout.finished_B, mask_BN)
+    if rl.dynamic_sampling:  # static shapes: groups without signal are masked, not resampled
+        mask_BN = mask_BN * repeat_groups(signal_P, g)[:, None]
+
+    logprobs_of = lambda params: token_logprobs(  # noqa: E731
+        completion_logits(model, params, prompts_BL, plen_B, tokens_BN, lengths_B), tokens_BN)
+    if rl.old_logprobs == "recompute":
+        old_BN = jax.lax.stop_gradient(logprobs_of(state.params))
+    else:
+        old_BN = rollout.logprobs_BN
+    ref_BN = logprobs_of(state.ref_params) if rl.kl_coef > 0 else None
+
+    def minibatch(state, rows_M):
+        take = lambda x: x[rows_M]  # noqa: E731
+
+        def loss_fn(params):
+            logits_MNV = completion_logits(model, params, take(prompts_BL), take(plen_B),
+                                           take(tokens_BN), take(lengths_B))
+            logp_MN = token_logprobs(logits_MNV, take(tokens_BN))
+            mask_MN = take(mask_BN)
+            loss, m = losses.policy_loss(
+                logp_MN, take(old_BN), take(adv_B), mask_MN, clip_low=rl.clip_low,
+                clip_high=rl.clip_high, dual_clip=rl.dual_clip or None, agg=rl.loss_agg)
+            if ref_BN is not None:
+                kl = losses.aggregate(losses.kl_penalty(logp_MN, take(ref_BN), rl.kl_estimator),
+                                      mask_MN, rl.loss_agg)
+                loss = loss + rl.kl_coef * kl
+                m["kl_ref"] = kl
+            valid_MN = take(completion_mask(lengths_B, n))
+            m["entropy"] = losses.entropy_from_logits(logits_MNV, valid_MN)
+            m["sampler_trainer_logprob_gap"] = (
+                jnp.sum(jnp.abs(logp_MN - take(rollout.logprobs_BN)) * valid_MN)
+                / jnp.maximum(valid_MN.sum(), 1.0))
+            return loss, m
+
+        (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        state, opt_metrics = apply_gradients(state, grads)
+        return state, {"loss": loss, **m, **opt_metrics}
+
+    if b % rl.num_minibatches:
+        raise ValueError(f"rollout batch {b} does not split into rl.num_minibatches="
+                         f"{rl.num_minibatches}")
+    rows_EMS = jnp.stack([
+        jax.random.permutation(state.key(_SHUFFLE_SALT, e), b).reshape(rl.num_minibatches, -1)
+        for e in range(rl.num_epochs)]).reshape(-1, b // rl.num_minibatches)
+    state, per_update = jax.lax.scan(minibatch, state, rows_EMS)
+    metrics = jax.tree.map(jnp.mean, per_update)
+    # Before any update the trainer's params are the sampler's: the first minibatch's gap is
+    # the sampler/trainer numerical mismatch (later ones include the updates).
+    metrics["sampler_trainer_logprob_gap"] = per_update["sampler_trainer_logprob_gap"][0]
+    metrics.update(_length_stats(lengths_B))
+    metrics.update({"reward": rewards_B.mean(), "groups_with_signal": signal_P.mean(),
+                    "truncated_frac": 1.0 - rollout.finished_B.mean(),
+                    "generated_tokens": lengths_B.sum()})
+    return state.replace(step=state.step + 1), metrics
+
+
+def make_step(model: Decoder, rl, reward, *, max_new_tokens: int,
+              stop_tokens: tuple[int, ...], pad_id: int, split: bool = False):
+    """`step(state, prompts_PL, prompt_lengths_P, reward_inputs_P) -> (state, metrics)`.
+
+    `reward_inputs_P` is per prompt what the reward takes: the targets array of a JAX reward,
+    a list of answers for a host reward. A JAX reward with `split=False` makes rollout,
+    reward and update one jit with the state donated. A host reward, or `split=True`, runs
+    three jits and reports each phase's wall time (`time/*_s`); the results are the same.
+    """
+    g = rl.num_generations
+    rollout = functools.partial(rollout_phase, model, rl, max_new_tokens=max_new_tokens,
+                                stop_tokens=stop_tokens, pad_id=pad_id)
+    update = functools.partial(update_phase, model, rl)
+
+    def rewards_of(out, inputs_P):
+        inputs_B = ([x for x in inputs_P for _ in range(g)] if reward.is_host
+                    else repeat_groups(inputs_P, g))
+        return reward(out.tokens_BN, out.lengths_B, out.finished_B, inputs_B)
+
+    if not reward.is_host and not split:
+        @functools.partial(jax.jit, donate_argnums=0)
+        def step(state, prompts_PL, prompt_lengths_P, targets_PT):
+            out = rollout(state, prompts_PL, prompt_lengths_P)
+            rewards_B, reward_metrics = rewards_of(out, targets_PT)
+            state, metrics = update(state, prompts_PL, prompt_lengths_P, out, rewards_B)
+            return state, {**metrics, **reward_metrics}
+        return step
+
+    rollout_jit = jax.jit(rollout)
+    reward_fn = rewards_of if reward.is_host else jax.jit(rewards_of)
+    update_jit = jax.jit(update, donate_argnums=0)
+
+    def split_step(state, prompts_PL, prompt_lengths_P, inputs_P):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(rollout_jit(state, prompts_PL, prompt_lengths_P))
+        t1 = time.perf_counter()
+        rewards_B, reward_metrics = jax.block_until_ready(reward_fn(out, inputs_P))
+        t2 = time.perf_counter()
+        state, metrics = jax.block_until_ready(
+            update_jit(state, prompts_PL, prompt_lengths_P, out, jnp.asarray(rewards_B)))
+        t3 = time.perf_counter()
+        return state, {**metrics, **reward_metrics, "time/rollout_s": t1 - t0,
+                       "time/reward_s": t2 - t1, "time/update_s": t3 - t2}
+    return split_step

@@ -1,0 +1,34 @@
+"""Supervised warm-up on reference solutions: the same state, step counter and checkpoints
+as RL, so a run is SFT steps followed by GRPO steps."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxrl.models.decoder import Decoder
+from jaxrl.rl.logprobs import completion_logits, completion_mask, token_logprobs
+from jaxrl.rl.state import TrainState, apply_gradients
+
+
+def sft_loss(model: Decoder, params, prompts_PL, prompt_lengths_P, solutions_PN,
+             solution_lengths_P):
+    """Mean negative log-likelihood per solution token (EOS included)."""
+    logits_PNV = completion_logits(model, params, prompts_PL, prompt_lengths_P, solutions_PN,
+                                   solution_lengths_P)
+    mask_PN = completion_mask(solution_lengths_P, solutions_PN.shape[1])
+    nll = -jnp.sum(token_logprobs(logits_PNV, solutions_PN) * mask_PN) / jnp.maximum(mask_PN.sum(), 1)
+    hits = (jnp.argmax(logits_PNV, -1) == solutions_PN) * mask_PN
+    return nll, {"token_accuracy": hits.sum() / jnp.maximum(mask_PN.sum(), 1)}
+
+
+def make_sft_step(model: Decoder):
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state: TrainState, prompts_PL, prompt_lengths_P, solutions_PN, solution_lengths_P):
+        (loss, metrics), grads = jax.value_and_grad(
+            functools.partial(sft_loss, model), has_aux=True)(
+                state.params, prompts_PL, prompt_lengths_P, solutions_PN, solution_lengths_P)
+        state, opt_metrics = apply_gradients(state, grads)
+        return state.replace(step=state.step + 1), {"sft_loss": loss, **metrics, **opt_metrics}
+    return step

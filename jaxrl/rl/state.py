@@ -1,0 +1,56 @@
+"""The train state: everything a resumed run needs, as one pytree (invariant 3).
+
+`step` is also the data position (see tasks/batches.py), and the rollout key of a step is
+`fold_in(rng, step)`, so restoring this pytree reproduces the run exactly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: train steps taken (SFT batches, then RL rollout batches)
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32 key data (jax.random.key_data): orbax saves plain arrays
+    ref_params: Any  # frozen reference policy for the KL penalty; None without one
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    def key(self, *salt: int) -> jax.Array:
+        """The PRNG key of this step, optionally folded with a salt (e.g. a minibatch)."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+        for s in salt:
+            key = jax.random.fold_in(key, s)
+        return key
+
+
+def make_optimizer(opt, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """AdamW on `schedule` with global-norm clipping; `opt` has weight_decay, b1, b2 and
+    grad_clip (0 = off)."""
+    parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
+    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
+    return optax.chain(*parts)
+
+
+def create(params, tx: optax.GradientTransformation, seed: int, with_reference: bool) -> TrainState:
+    return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.key(seed)),
+                      ref_params=params if with_reference else None, tx=tx)
+
+
+def apply_gradients(state: TrainState, grads) -> tuple[TrainState, dict]:
+    """One optimizer step; a non-finite gradient skips it (state unchanged but for `step`)."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(grad_norm)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    state = state.replace(params=keep(params, state.params),
+                          opt_state=keep(opt_state, state.opt_state))
+    return state, {"grad_norm": grad_norm, "skipped_nonfinite": (~finite).astype(jnp.float32)}

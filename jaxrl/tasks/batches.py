@@ -1,0 +1,65 @@
+"""Problems as padded arrays: what the jitted steps consume.
+
+The problems of training step `s` are drawn from `np.random.default_rng([seed, s])`, so the
+data position of a run is its step number: a resumed run sees the same problems as an
+uninterrupted one without storing a reader state. Held-out problems use a separate stream.
+"""
+from __future__ import annotations
+
+import numpy as np
+from flax import struct
+
+from jaxrl.tasks.base import EOS_ID, TOKENIZER, Problem, Task
+
+_HELD_OUT_STREAM = 2**31 - 1  # never a training step
+
+
+@struct.dataclass
+class TaskBatch:
+    prompts_PL: np.ndarray  # int32, right-padded with pad ids
+    prompt_lengths_P: np.ndarray  # int32
+    targets_PT: np.ndarray  # int32, the JAX checker's view of each problem
+    solutions_PN: np.ndarray  # int32 reference completion + EOS, right-padded (SFT)
+    solution_lengths_P: np.ndarray  # int32, EOS included
+
+
+def encode(problems: list[Problem], prompt_len: int, solution_len: int) -> TaskBatch:
+    """Pads prompts to `prompt_len` and solutions (plus EOS) to `solution_len` tokens."""
+    p = len(problems)
+    prompts = np.full((p, prompt_len), TOKENIZER.pad_id, np.int32)
+    solutions = np.full((p, solution_len), TOKENIZER.pad_id, np.int32)
+    prompt_lengths = np.zeros((p,), np.int32)
+    solution_lengths = np.zeros((p,), np.int32)
+    for i, prob in enumerate(problems):
+        prompt = TOKENIZER.encode(prob.prompt)
+        solution = TOKENIZER.encode(prob.solution) + [EOS_ID]
+        if len(prompt) > prompt_len or len(solution) > solution_len:
+            raise ValueError(f"problem {prob.prompt!r} needs {len(prompt)} prompt and "
+                             f"{len(solution)} solution tokens; budgets are {prompt_len} and "
+                             f"{solution_len}")
+        prompts[i, :len(prompt)], prompt_lengths[i] = prompt, len(prompt)
+        solutions[i, :len(solution)], solution_lengths[i] = solution, len(solution)
+    targets = np.asarray([prob.target for prob in problems], np.int32)
+    return TaskBatch(prompts, prompt_lengths, targets, solutions, solution_lengths)
+
+
+def bucket_len(problems: list[Problem], cap: int, multiple: int = 16) -> int:
+    """The batch's longest solution (plus EOS) rounded up to `multiple`, at most `cap`:
+    SFT pads to this instead of the task's worst case, with few distinct shapes to compile."""
+    longest = max(len(p.solution) for p in problems) + 1
+    return min(-(-longest // multiple) * multiple, cap)
+
+
+def budgets(task: Task) -> tuple[int, int]:
+    """(prompt_len, solution_len) that fit every problem of the task (EOS included)."""
+    return task.max_prompt_len, task.max_solution_len + 1
+
+
+def train_problems(task: Task, seed: int, step: int, n: int) -> list[Problem]:
+    rng = np.random.default_rng([seed, step])
+    return [task.sample(rng) for _ in range(n)]
+
+
+def held_out_problems(task: Task, seed: int, n: int) -> list[Problem]:
+    rng = np.random.default_rng([seed, _HELD_OUT_STREAM])
+    return [task.sample(rng) for _ in range(n)]

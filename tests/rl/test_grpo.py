@@ -1,0 +1,144 @@
+"""The GRPO step: fused equals split, the policy learns a bandit, the sampler and trainer
+agree on log-probs, zero-signal groups and non-finite gradients leave params alone, and a
+host reward that raises or hangs scores 0 without stopping the step."""
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jaxrl.models.config import preset
+from jaxrl.models.decoder import Decoder, init_params
+from jaxrl.models.tokenizer import CharTokenizer
+from jaxrl.rl import grpo, state as state_lib
+from jaxrl.rl.rewards import HostReward
+
+CFG = preset("tiny", vocab_size=16, dtype="float32", param_dtype="float32")
+MODEL = Decoder(CFG)
+P, G, N, L = 4, 4, 3, 3
+STOP = (2,)
+GOOD = 7  # the bandit pays for completions that start with this token
+
+
+def rl_config(**kw):
+    c = ml_collections.ConfigDict(dict(
+        num_generations=G, temperature=1.0, top_k=0, top_p=1.0, advantage="grpo", clip_low=0.2,
+        clip_high=0.28, dual_clip=0.0, loss_agg="token-mean", kl_coef=0.0, kl_estimator="k3",
+        num_minibatches=2, num_epochs=1, old_logprobs="sampler", dynamic_sampling=True,
+        overlong_filter=False))
+    c.update(kw)
+    return c
+
+
+class FirstTokenReward:
+    """A JAX reward: 1 when the first completion token is GOOD (targets unused)."""
+    is_host = False
+
+    def __call__(self, tokens_BN, lengths_B, finished_B, targets_B):
+        r = (tokens_BN[:, 0] == GOOD).astype(jnp.float32)
+        return r, {"accuracy": r.mean()}
+
+
+class ConstantReward(FirstTokenReward):
+    def __call__(self, tokens_BN, lengths_B, finished_B, targets_B):
+        return jnp.ones(tokens_BN.shape[:1]), {}
+
+
+def new_state(lr=3e-2, seed=0):
+    tx = state_lib.make_optimizer(
+        ml_collections.ConfigDict(dict(weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=1.0)),
+        optax.constant_schedule(lr))
+    return state_lib.create(init_params(CFG, jax.random.key(seed)), tx, seed, with_reference=False)
+
+
+def prompts():
+    p = np.random.default_rng(0).integers(3, 16, (P, L)).astype(np.int32)
+    return jnp.asarray(p), jnp.full((P,), L, jnp.int32), jnp.zeros((P, 1), jnp.int32)
+
+
+def make(reward, split, **kw):
+    return grpo.make_step(MODEL, rl_config(**kw), reward, max_new_tokens=N, stop_tokens=STOP,
+                          pad_id=0, split=split)
+
+
+def test_fused_and_split_steps_agree():
+    fused, split = make(FirstTokenReward(), False), make(FirstTokenReward(), True)
+    s1, s2 = new_state(), new_state()
+    for _ in range(3):
+        s1, m1 = fused(s1, *prompts())
+        s2, m2 = split(s2, *prompts())
+        for k in m1:
+            np.testing.assert_allclose(m1[k], m2[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert "time/rollout_s" in m2 and m2["time/update_s"] > 0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 s1.params, s2.params)
+    assert int(s1.step) == 3
+
+
+def test_grpo_learns_a_bandit_and_sampler_matches_trainer():
+    step = make(FirstTokenReward(), False)
+    state, first = new_state(), None
+    rewards = []
+    for _ in range(25):
+        state, m = step(state, *prompts())
+        rewards.append(float(m["reward"]))
+        # float32 on CPU: the trainer recomputes the sampler's log-probs exactly enough.
+        assert float(m["sampler_trainer_logprob_gap"]) < 1e-4
+    # Chance is 1/16 per row; the policy must have moved a lot of mass onto GOOD.
+    assert np.mean(rewards[:3]) < 0.3
+    assert np.mean(rewards[-3:]) > 0.8, rewards
+
+
+def test_groups_without_signal_leave_params_unchanged():
+    step = make(ConstantReward(), False)
+    state = new_state()
+    before = jax.tree.map(np.asarray, state.params)
+    state, m = step(state, *prompts())
+    assert float(m["groups_with_signal"]) == 0.0
+    assert float(m["grad_norm"]) == 0.0
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.params))
+
+
+def test_nonfinite_gradients_skip_the_update():
+    class NaNReward(FirstTokenReward):
+        def __call__(self, tokens_BN, lengths_B, finished_B, targets_B):
+            r, m = super().__call__(tokens_BN, lengths_B, finished_B, targets_B)
+            return r.at[0].set(jnp.nan), m
+
+    state = new_state()
+    before = jax.tree.map(np.asarray, state.params)
+    state, m = make(NaNReward(), False, dynamic_sampling=False, num_minibatches=1)(state, *prompts())
+    assert float(m["skipped_nonfinite"]) == 1.0
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.params))
+    assert int(state.step) == 1  # the step is counted, the update is not applied
+
+
+def test_host_reward_survives_errors_and_timeouts():
+    tok = CharTokenizer()
+
+    def fn(text, answer):
+        if answer == "raise":
+            raise RuntimeError("user reward bug")
+        if answer == "hang":
+            time.sleep(3)
+        return 1.0
+
+    reward = HostReward(fn, tok, timeout_s=0.5, workers=16)
+    answers = ["ok", "raise", "hang", "ok"]
+    tokens = jnp.full((4 * G, N), 20, jnp.int32)
+    r, m = reward(tokens, jnp.full((4 * G,), N), jnp.ones((4 * G,), bool),
+                  [a for a in answers for _ in range(G)])
+    np.testing.assert_array_equal(r, np.repeat([1.0, 0.0, 0.0, 1.0], G))
+    assert m["reward_errors"] == G and m["reward_timeouts"] == G
+
+    step = make(HostReward(lambda text, answer: float(len(text) > 0), tok), True)
+    state, metrics = step(new_state(), *prompts()[:2], ["a"] * P)
+    assert int(state.step) == 1 and metrics["reward_errors"] == 0
+
+
+def test_bad_minibatch_split_is_named():
+    with pytest.raises(ValueError, match="num_minibatches=3"):
+        make(FirstTokenReward(), False, num_minibatches=3)(new_state(), *prompts())
