@@ -1,20 +1,40 @@
-"""SFT warm-up, then GRPO, on an embedded task: the main job.
+"""SFT warm-up, then GRPO, on an embedded task; or GRPO on your math JSONL: the main job.
 
     python -m jaxrl.main --config=configs/grpo.py --workdir=/tmp/grpo
     python -m jaxrl.main --config=configs/grpo.py:task=countdown,difficulty=1 --workdir=DIR
     python -m jaxrl.main --config=configs/grpo.py --config.rl.num_generations=16 --workdir=DIR
+    python -m jaxrl.main --config=configs/grpo.py:data=jsonl \\
+        --config.model.path=/ckpt/Qwen2.5-0.5B-Instruct --config.data.manual_dir=/data/gsm8k \\
+        --workdir=DIR
 
-The default trains the `small` random-init policy on easy arithmetic in a few minutes on a
+The default trains the `small` random-init policy on easy Countdown in a few minutes on a
 2-core CPU, and reports held-out accuracy before and after RL.
+
+`data=jsonl` trains the HF checkpoint at `model.path` with GRPO (no SFT: JSONL rows have
+final answers, not reference completions) on `manual_dir/train.jsonl` (rows as
+jaxrl/tasks/tfds_builders.py reads them: GSM8K, MATH or DeepScaleR style), rewards 1 for a
+completion whose final answer `math_checker.check` accepts, and reports greedy accuracy on
+the first `eval.num_problems` rows of `test.jsonl` (if present). Each prompt is
+`prompt_template.format(prompt=row_prompt)`, tokenized with the checkpoint's tokenizer.json:
+`template=plain` (the default) suits any model, `template=chatml` is the chat format of
+Qwen2/2.5/3 instruct models (or set `--config.data.prompt_template` to your own).
+The trained policy is also written as an HF checkpoint (with the tokenizer) to `workdir/hf`.
 """
 import ml_collections
 
 from jaxrl.config_utils import parse_arg
 
+_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{{}}."
+TEMPLATES = {
+    "plain": "{prompt}\n" + _INSTRUCTION + "\n",
+    "chatml": ("<|im_start|>user\n{prompt}\n" + _INSTRUCTION
+               + "<|im_end|>\n<|im_start|>assistant\n"),
+}
+
 
 def get_config(arg=None):
-    arg = parse_arg(arg, task="arithmetic", difficulty=0, model="small", sft_steps=300,
-                    rl_steps=60)
+    arg = parse_arg(arg, task="countdown", difficulty=0, model="small", sft_steps=200,
+                    rl_steps=150, data="embedded", template="plain")
     c = ml_collections.ConfigDict()
     c.job = "train"
     c.seed = 0
@@ -26,8 +46,10 @@ def get_config(arg=None):
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = arg.model
+    c.model.path = ""  # an HF checkpoint dir (data=jsonl); '' = random init of the preset
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
+    c.model.vocab_size = 0  # 0 = the tokenizer's; a preset's real vocab gives its real costs (bench)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.warmup_steps = 20
@@ -43,7 +65,7 @@ def get_config(arg=None):
 
     c.rl = ml_collections.ConfigDict()
     c.rl.steps = arg.rl_steps
-    c.rl.learning_rate = 2e-4
+    c.rl.learning_rate = 1e-4
     c.rl.num_prompts = 16
     c.rl.num_generations = 8
     c.rl.max_new_tokens = 0  # 0 = the task's longest reference solution + EOS
@@ -66,7 +88,7 @@ def get_config(arg=None):
     c.rl.split_phases = True  # three jits, timed; False = one jit (same results)
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.every = 20
+    c.eval.every = 50
     c.eval.num_problems = 256
 
     c.checkpoint = ml_collections.ConfigDict()
@@ -74,4 +96,29 @@ def get_config(arg=None):
     c.checkpoint.max_to_keep = 2
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = arg.data  # embedded (c.task) | jsonl (user math problems)
+    # The jsonl source only:
+    c.data.manual_dir = ""  # holds train.jsonl and optionally test.jsonl
+    c.data.data_dir = ""  # where TFDS writes the prepared dataset; '' = workdir/data
+    # The dataset is prepared once per name: edit the JSONL, then use a new name (or a new
+    # data_dir) for the change to be read.
+    c.data.name = "default"
+    c.data.on_error = "skip"  # a malformed row: skip (logged and counted) | raise
+    if arg.template not in TEMPLATES:
+        raise ValueError(f"config arg template={arg.template!r}; valid: {sorted(TEMPLATES)}")
+    c.data.prompt_template = TEMPLATES[arg.template]  # str.format with {prompt}
+    # Rendered prompts longer than this (in tokens) are skipped and counted, not truncated:
+    # a cut problem is a wrong problem. Prompts are padded to the longest one kept.
+    c.data.max_prompt_len = 512
+    c.data.reward_timeout_s = 5.0  # per math_checker call; past it the sample scores 0
+
+    if arg.data == "jsonl":
+        # A pretrained checkpoint on real text: no SFT (no reference completions), room to
+        # reason, a small RL rate, and bf16 activations over float32 params.
+        c.sft.steps = 0
+        c.rl.max_new_tokens = 512
+        c.rl.learning_rate = 1e-6
+        c.model.dtype = "bfloat16"
     return c

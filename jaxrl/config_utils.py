@@ -27,3 +27,14 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
             except ValueError:
                 raise ValueError(f"config arg {key}={value!r} is not a {kind.__name__}") from None
     return out
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file, as `--config=path:arg` would give it."""
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem + "_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

@@ -91,10 +91,12 @@ def shard_params(params, param_axes, mesh: Mesh, rules: Rules = DEFAULT_RULES):
 
 
 def replicate_rest(tree, mesh: Mesh):
-    """Leaves already spread over the whole mesh stay; the rest (scalars, counters, keys made
-    on one device) are replicated over it, so jitted steps see one device set."""
+    """Leaves already placed over the whole mesh stay; the rest (scalars, counters, keys made
+    on one device) are replicated over it and committed, so every step sees one device set
+    and the second call of a jitted step hits the first call's compile cache."""
     replicated = NamedSharding(mesh, P())
-    on_mesh = lambda x: isinstance(x, jax.Array) and x.sharding.device_set == set(mesh.devices.flat)  # noqa: E731
+    on_mesh = lambda x: (isinstance(x, jax.Array) and x.committed  # noqa: E731
+                         and x.sharding.device_set == set(mesh.devices.flat))
     return jax.tree.map(lambda x: x if on_mesh(x) else jax.device_put(x, replicated), tree)
 
 

@@ -1,5 +1,4 @@
 """The entry point: the generate job end to end, and config errors before any compile."""
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -7,6 +6,7 @@ import sys
 
 import pytest
 
+from jaxrl.config_utils import load_config_file
 from jaxrl import main
 from jaxrl.models.tokenizer import CharTokenizer
 
@@ -14,10 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def get_config(arg=None):
-    spec = importlib.util.spec_from_file_location("generate_config", ROOT / "configs/generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config_file(str(ROOT / "configs/generate.py"), arg)
 
 
 def test_generate_job_writes_completions(tmp_path):

@@ -1,11 +1,22 @@
-"""The training job: SFT warm-up, then GRPO, on an embedded task.
+"""The training job: SFT warm-up, then GRPO, on an embedded task or on user math JSONL.
 
 Python owns only what is outside the jitted steps: making batches, evaluation, logging,
 checkpoints and the loop. Steps `0 .. sft.steps-1` are SFT, the rest GRPO; the state's
 step is the data position, so a run resumed from `workdir` continues exactly.
+
+A prompt source (`config.data.source`) supplies the batches of step `s`, the reward and
+the held-out evaluation: `EmbeddedPrompts` (a random-init preset on the character
+tokenizer, JAX checker in the jit) or `JsonlPrompts` (an HF checkpoint and its tokenizer,
+`math_checker` on the host). With `model.path` set, a finished run also writes the policy
+as an HF checkpoint to `workdir/hf`.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
 import time
 
 import jax
@@ -15,23 +26,28 @@ import optax
 from absl import logging
 
 from jaxrl import checkpoint, metrics as metrics_lib, sharding
+from jaxrl.models import hf
 from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder, init_params, param_axes
+from jaxrl.models.tokenizer import HFTokenizer
 from jaxrl.rl import grpo, state as state_lib
-from jaxrl.rl.rewards import TaskReward
+from jaxrl.rl.rewards import HostReward, TaskReward
 from jaxrl.rl.sft import make_sft_step
 from jaxrl.rollout.decode import generate
 from jaxrl.rollout.sampling import SamplingParams
-from jaxrl.tasks import batches, get_task
+from jaxrl.tasks import batches, get_task, math_checker
 from jaxrl.tasks.base import TOKENIZER
+
+SOURCES = ("embedded", "jsonl")
+# Copied from model.path next to the exported weights, where present: what a server needs
+# besides them (generation_config.json keeps the checkpoint's sampling defaults and eos ids).
+HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+                 "generation_config.json")
 
 
 def make_task(config):
     return get_task(config.task.name, config.task.difficulty, config.task.max_steps or None)
-
-
-def max_new_tokens(config, task) -> int:
-    return config.rl.max_new_tokens or batches.budgets(task)[1]
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -45,41 +61,204 @@ def learning_rate_schedule(config) -> optax.Schedule:
                                 [config.sft.steps or warm])
 
 
-def build(config, mesh):
-    """(model, task, initial state placed on the mesh, the jitted steps) from a config."""
-    task = make_task(config)
-    cfg = preset(config.model.preset, vocab_size=TOKENIZER.vocab_size, dtype=config.model.dtype,
-                 param_dtype=config.model.param_dtype)
-    model = Decoder(cfg)
+def load_policy(config, tokenizer) -> tuple[Decoder, dict]:
+    """The HF checkpoint at `model.path` (params in `param_dtype`, activations in `dtype`), or
+    a random init of the preset over the tokenizer's vocab."""
+    if config.model.path:
+        model, params = hf.load(config.model.path, dtype=config.model.param_dtype)
+        return Decoder(dataclasses.replace(model.cfg, dtype=config.model.dtype)), params
+    cfg = preset(config.model.preset, vocab_size=config.model.vocab_size or tokenizer.vocab_size,
+                 dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+    return Decoder(cfg), init_params(cfg, jax.random.key(config.seed))
+
+
+def build(config, mesh, source=None):
+    """(model, prompt source, initial state placed on the mesh, the jitted steps) from a
+    config; `source` defaults to `make_source(config)`."""
+    if source is None:
+        source = make_source(config)
+    model, params = load_policy(config, source.tokenizer)
     tx = state_lib.make_optimizer(config.optim, learning_rate_schedule(config))
-    params = sharding.shard_params(init_params(cfg, jax.random.key(config.seed)),
-                                   param_axes(cfg), mesh)
+    params = sharding.shard_params(params, param_axes(model.cfg), mesh)
     state = sharding.replicate_rest(
         state_lib.create(params, tx, config.seed, with_reference=config.rl.kl_coef > 0), mesh)
-    stop = tuple(TOKENIZER.eos_ids)
+    tok = source.tokenizer
     steps = {"sft": make_sft_step(model),
-             "rl": grpo.make_step(model, config.rl, TaskReward(task, config.rl.format_coef),
-                                  max_new_tokens=max_new_tokens(config, task), stop_tokens=stop,
-                                  pad_id=TOKENIZER.pad_id, split=config.rl.split_phases)}
-    return model, task, state, steps
+             "rl": grpo.make_step(model, config.rl, source.reward,
+                                  max_new_tokens=source.max_new_tokens,
+                                  stop_tokens=tuple(tok.eos_ids), pad_id=tok.pad_id,
+                                  split=config.rl.split_phases)}
+    return model, source, state, steps
 
 
-def evaluate(model, params, task, problems, config) -> float:
-    """Greedy accuracy on held-out problems, by the task's JAX checker."""
-    prompt_len, _ = batches.budgets(task)
-    b = batches.encode(problems, prompt_len, batches.budgets(task)[1])
-    n = len(problems)
-    out = generate(model, params, jnp.asarray(b.prompts_PL), jnp.asarray(b.prompt_lengths_P),
-                   jnp.arange(n, dtype=jnp.int32), jax.random.key(0),
-                   SamplingParams.make(n, temperature=0.0), max_new_tokens=max_new_tokens(config, task),
-                   stop_tokens=tuple(TOKENIZER.eos_ids), pad_id=TOKENIZER.pad_id)
-    correct = jax.jit(jax.vmap(task.jax_check))(out.tokens_BN, out.lengths_B, jnp.asarray(b.targets_PT))
-    return float(np.mean(np.asarray(correct)))
+# ---- Prompt sources: what the loop reads, how it is rewarded and evaluated ----
+
+class EmbeddedPrompts:
+    """An embedded task on the character tokenizer: the problems of step `s` come from
+    `default_rng([seed, s])` (tasks/batches.py), with reference solutions for SFT, and the
+    task's JAX checker scores rollouts inside the jitted step."""
+
+    def __init__(self, config):
+        self.task = make_task(config)
+        self.tokenizer = TOKENIZER
+        self.seed = config.seed
+        self.prompt_len, self.solution_len = batches.budgets(self.task)
+        self.max_new_tokens = config.rl.max_new_tokens or self.solution_len
+        self.reward = TaskReward(self.task, config.rl.format_coef)
+        self.held_out = batches.held_out_problems(self.task, config.seed, config.eval.num_problems)
+        self.info = {"task": self.task.name}
+
+    def sft_batch(self, step: int, n: int) -> tuple:
+        problems = batches.train_problems(self.task, self.seed, step, n)
+        b = batches.encode(problems, self.prompt_len,
+                           batches.bucket_len(problems, self.solution_len))
+        return b.prompts_PL, b.prompt_lengths_P, b.solutions_PN, b.solution_lengths_P
+
+    def rl_batch(self, step: int, n: int) -> tuple:
+        problems = batches.train_problems(self.task, self.seed, step, n)
+        b = batches.encode(problems, self.prompt_len, self.solution_len)
+        return b.prompts_PL, b.prompt_lengths_P, b.targets_PT
+
+    def evaluate(self, model: Decoder, params, temperature: float = 0.0) -> float:
+        """Accuracy on held-out problems (greedy, or sampled at `temperature`), by the task's
+        JAX checker."""
+        b = batches.encode(self.held_out, self.prompt_len, self.solution_len)
+        out = _decode(model, params, b.prompts_PL, b.prompt_lengths_P, self.max_new_tokens,
+                      self.tokenizer, temperature)
+        correct = jax.jit(jax.vmap(self.task.jax_check))(out.tokens_BN, out.lengths_B,
+                                                         jnp.asarray(b.targets_PT))
+        return float(np.mean(np.asarray(correct)))
+
+
+class JsonlPrompts:
+    """User math problems from JSONL, prepared once as a TFDS dataset, on the checkpoint's
+    tokenizer, scored on the host by `math_checker.check` against each row's final answer.
+
+    Data position == step: step `s` reads the kept train rows at positions
+    `s * P .. s * P + P - 1` of the endless sequence that visits every kept row once per
+    epoch, in the order of `default_rng([seed, epoch]).permutation`. Rendered prompts over
+    `data.max_prompt_len` tokens are skipped (counted); prompts are right-padded to the
+    longest one kept, so every step has the same shapes.
+    """
+
+    def __init__(self, config, workdir: str, tokenizer: HFTokenizer):
+        from jaxrl.tasks import tfds_builders as tb  # TFDS only where JSONL is read
+
+        d = config.data
+        self.tokenizer, self.template, self.seed = tokenizer, d.prompt_template, config.seed
+        self.max_new_tokens = config.rl.max_new_tokens
+        data_dir = d.data_dir or os.path.join(workdir, "data")
+        builder = tb.prepare_jsonl(data_dir, d.manual_dir, d.name, d.on_error)
+        name = f"jsonl_math/{d.name}"
+        self.train = tb.load_source(name, data_dir, "train")
+        lengths = np.asarray([len(self._encode(self.train[i]["prompt"]))
+                              for i in range(len(self.train))], np.int64)
+        self.rows = np.flatnonzero(lengths <= d.max_prompt_len)  # the kept train indices
+        too_long = len(lengths) - len(self.rows)
+        if not len(self.rows):
+            raise ValueError(f"no train prompt of {name} fits config.data.max_prompt_len="
+                             f"{d.max_prompt_len} tokens")
+        self.prompt_len = int(lengths[self.rows].max())
+
+        self.held_out_prompts, self.held_out_answers = [], []
+        if "test" in builder.info.splits:  # the first eval.num_problems rows that fit
+            test = tb.load_source(name, data_dir, "test")
+            for i in range(len(test)):
+                if len(self.held_out_prompts) == config.eval.num_problems:
+                    break
+                ids = self._encode(test[i]["prompt"])
+                if len(ids) > d.max_prompt_len:
+                    too_long += 1
+                else:
+                    self.held_out_prompts.append(ids)
+                    self.held_out_answers.append(test[i]["answer"])
+        else:
+            logging.warning("%s has no test split: no held-out accuracy", name)
+        if too_long:
+            logging.warning("%s: skipped %d prompts longer than config.data.max_prompt_len=%d "
+                            "tokens", name, too_long, d.max_prompt_len)
+        self.reward = HostReward(math_checker.check, tokenizer, timeout_s=d.reward_timeout_s,
+                                 format_fn=lambda text: math_checker.last_boxed(text) is not None,
+                                 format_coef=config.rl.format_coef)
+        self.info = {"dataset": name, "data_dir": data_dir, "train_rows": len(self.rows),
+                     "held_out_rows": len(self.held_out_answers), "prompt_len": self.prompt_len,
+                     "too_long_rows": too_long, "malformed_rows": len(builder.malformed)}
+
+    def _encode(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(self.template.format(prompt=prompt))
+
+    def _pad(self, prompts: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+        prompts_PL = np.full((len(prompts), width), self.tokenizer.pad_id, np.int32)
+        for i, p in enumerate(prompts):
+            prompts_PL[i, :len(p)] = p
+        return prompts_PL, np.asarray([len(p) for p in prompts], np.int32)
+
+    def row_indices(self, step: int, n: int) -> np.ndarray:
+        """The train rows (indices into the split) of step `step`: see the class doc."""
+        epoch_P, offset_P = np.divmod(step * n + np.arange(n), len(self.rows))
+        order = {e: np.random.default_rng([self.seed, e]).permutation(len(self.rows))
+                 for e in np.unique(epoch_P)}
+        return self.rows[[order[e][o] for e, o in zip(epoch_P, offset_P)]]
+
+    def sft_batch(self, step: int, n: int) -> tuple:
+        raise ValueError("JSONL math rows have no reference completions: set config.sft.steps=0")
+
+    def rl_batch(self, step: int, n: int) -> tuple:
+        rows = [self.train[int(i)] for i in self.row_indices(step, n)]
+        # Every step pads to the same length: one compile.
+        prompts_PL, lengths_P = self._pad([self._encode(r["prompt"]) for r in rows],
+                                          self.prompt_len)
+        return prompts_PL, lengths_P, [r["answer"] for r in rows]
+
+    def evaluate(self, model: Decoder, params, temperature: float = 0.0) -> float | None:
+        """Accuracy on the held-out rows (greedy, or sampled at `temperature`), by the math
+        checker (None without any)."""
+        if not self.held_out_prompts:
+            return None
+        prompts_PL, lengths_P = self._pad(self.held_out_prompts,
+                                          max(map(len, self.held_out_prompts)))
+        out = _decode(model, params, prompts_PL, lengths_P, self.max_new_tokens, self.tokenizer,
+                      temperature)
+        _, metrics = self.reward(out.tokens_BN, out.lengths_B, out.finished_B,
+                                 self.held_out_answers)
+        return metrics["accuracy"]
+
+
+def make_source(config, workdir: str = ""):
+    """The config's prompt source; a jsonl source prepares its dataset (once) under
+    `data.data_dir`, or `workdir/data` when that is ''."""
+    if config.data.source == "embedded":
+        return EmbeddedPrompts(config)
+    if not (config.data.data_dir or workdir):
+        raise ValueError("the jsonl source needs config.data.data_dir or a workdir")
+    return JsonlPrompts(config, workdir, HFTokenizer.from_dir(config.model.path))
+
+
+def _decode(model, params, prompts_PL, lengths_P, max_new_tokens: int, tokenizer,
+            temperature: float):
+    """Held-out completions; sampled ones use a fixed key, so evaluations are comparable."""
+    n = len(lengths_P)
+    return generate(model, params, jnp.asarray(prompts_PL), jnp.asarray(lengths_P),
+                    jnp.arange(n, dtype=jnp.int32), jax.random.key(0),
+                    SamplingParams.make(n, temperature=temperature), max_new_tokens=max_new_tokens,
+                    stop_tokens=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id)
+
+
+def export_hf(config, model: Decoder, params, tokenizer, out_dir: str) -> None:
+    """Writes the policy as an HF checkpoint that transformers, vLLM and SGLang load, with
+    model.path's tokenizer and generation files. `params` must be addressable here."""
+    src, out = pathlib.Path(config.model.path), pathlib.Path(out_dir)
+    bos_id = json.loads((src / hf.CONFIG_FILE).read_text()).get("bos_token_id")
+    hf.save(out, model.cfg, jax.device_get(params), eos_ids=tokenizer.eos_ids, bos_id=bos_id)
+    for name in HF_SIDE_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
 
 
 def run(config, workdir: str) -> dict:
     mesh = sharding.make_mesh(config.mesh)
-    model, task, state, steps = build(config, mesh)
+    model, source, state, steps = build(config, mesh, make_source(config, workdir))
+    logging.info("prompt source: %s", source.info)
     ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
     start = ckpt.latest_step() or 0
     if start:
@@ -89,16 +268,20 @@ def run(config, workdir: str) -> dict:
     writer = metrics_lib.MetricsWriter(workdir, start_step=start + 1)
     progress = metrics_lib.Progress(total, start_step=start, every=max(1, total // 50))
     preemption = checkpoint.install_preemption_handler()
-    held_out = batches.held_out_problems(task, config.seed, config.eval.num_problems)
-    prompt_len, solution_len = batches.budgets(task)
-    accuracy = {}
+    accuracy, accuracy_sampled = {}, {}
     phase_time = {"rollout": 0.0, "reward": 0.0, "update": 0.0}
     rl_tokens, rl_seconds = 0, 0.0
 
     def eval_at(step):
-        accuracy[step] = evaluate(model, state.params, task, held_out, config)
-        writer.write(step, {"eval/accuracy": accuracy[step]})
-        print(f"step {step}: held-out accuracy {accuracy[step]:.3f}", flush=True)
+        acc = source.evaluate(model, state.params)
+        if acc is None:
+            return
+        # Sampled at the rollout temperature: the pass@1 that the RL objective raises.
+        accuracy[step] = acc
+        accuracy_sampled[step] = source.evaluate(model, state.params, config.rl.temperature)
+        writer.write(step, {"eval/accuracy": acc, "eval/accuracy_sampled": accuracy_sampled[step]})
+        print(f"step {step}: held-out accuracy {acc:.3f} greedy, {accuracy_sampled[step]:.3f} "
+              f"sampled at temperature {config.rl.temperature}", flush=True)
 
     if start == 0 or start == config.sft.steps:
         eval_at(start)
@@ -107,15 +290,9 @@ def run(config, workdir: str) -> dict:
         while step < total:
             in_sft = step < config.sft.steps
             n = config.sft.batch_size if in_sft else config.rl.num_prompts
-            problems = batches.train_problems(task, config.seed, step, n)
-            b = batches.encode(problems, prompt_len,
-                               batches.bucket_len(problems, solution_len) if in_sft else solution_len)
+            batch = source.sft_batch(step, n) if in_sft else source.rl_batch(step, n)
             t0 = time.perf_counter()
-            if in_sft:
-                state, m = steps["sft"](state, b.prompts_PL, b.prompt_lengths_P, b.solutions_PN,
-                                        b.solution_lengths_P)
-            else:
-                state, m = steps["rl"](state, b.prompts_PL, b.prompt_lengths_P, b.targets_PT)
+            state, m = steps["sft" if in_sft else "rl"](state, *batch)
             m = jax.device_get(m)
             seconds = time.perf_counter() - t0
             step += 1
@@ -139,10 +316,15 @@ def run(config, workdir: str) -> dict:
         ckpt.wait()
         writer.close()
         preemption.close()
-    summary = {"steps": step, "accuracy": accuracy,
+    if config.model.path and step == total:
+        export_hf(config, model, state.params, source.tokenizer, os.path.join(workdir, "hf"))
+    summary = {"steps": step, "accuracy": accuracy, "accuracy_sampled": accuracy_sampled,
+               "data": source.info,
                "rl_tokens_per_s": rl_tokens / rl_seconds if rl_seconds else 0.0,
                "phase_seconds": phase_time}
-    rows = [("held-out accuracy at step " + str(k), f"{v:.3f}") for k, v in sorted(accuracy.items())]
+    rows = [(f"data: {k}", v) for k, v in source.info.items()]
+    rows += [(f"held-out accuracy at step {k} (greedy / sampled)",
+              f"{v:.3f} / {accuracy_sampled[k]:.3f}") for k, v in sorted(accuracy.items())]
     rows += [("RL rollout tokens/s", f"{summary['rl_tokens_per_s']:.1f}")]
     if any(phase_time.values()):
         total_phase = sum(phase_time.values())
@@ -176,9 +358,17 @@ def validate(config) -> None:
     from jaxrl.tasks import TASKS
 
     rl = config.rl
-    _one_of("config.task.name", config.task.name, sorted(TASKS))
-    make_task(config)  # checks difficulty and max_steps with their own messages
-    _one_of("config.model.preset", config.model.preset, sorted(PRESETS))
+    _one_of("config.data.source", config.data.source, SOURCES)
+    if config.data.source == "embedded":
+        _one_of("config.task.name", config.task.name, sorted(TASKS))
+        make_task(config)  # checks difficulty and max_steps with their own messages
+        _one_of("config.model.preset", config.model.preset, sorted(PRESETS))
+        if config.model.path:
+            raise ValueError(f"config.model.path={config.model.path!r} needs "
+                             "config.data.source='jsonl'; the embedded tasks train a random-init "
+                             "preset on the character tokenizer (set config.model.path='')")
+    else:
+        _validate_jsonl(config)
     _one_of("config.model.dtype", config.model.dtype, ("float32", "bfloat16"))
     _one_of("config.model.param_dtype", config.model.param_dtype, ("float32", "bfloat16"))
     _one_of("config.rl.advantage", rl.advantage, METHODS)
@@ -207,3 +397,36 @@ def validate(config) -> None:
         part, leaf = name.split(".")
         if config[part][leaf] <= 0:
             raise ValueError(f"config.{name} must be > 0, got {config[part][leaf]}")
+
+
+def _validate_jsonl(config) -> None:
+    from etils import epath
+
+    d, path = config.data, config.model.path
+    if not path:
+        raise ValueError("config.data.source='jsonl' needs config.model.path, an HF checkpoint "
+                         "directory: a random-init model cannot read real text")
+    for name in (hf.CONFIG_FILE, "tokenizer.json"):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise ValueError(f"config.model.path={path!r} has no {name}")
+    if not d.manual_dir or not (epath.Path(d.manual_dir) / "train.jsonl").exists():
+        raise ValueError(f"config.data.manual_dir={d.manual_dir!r} has no train.jsonl")
+    _one_of("config.data.on_error", d.on_error, ("skip", "raise"))
+    if config.sft.steps:
+        raise ValueError(f"config.sft.steps={config.sft.steps}, but JSONL math rows have only "
+                         "final answers, no reference completions to imitate: set "
+                         "config.sft.steps=0")
+    if config.rl.max_new_tokens < 1:
+        raise ValueError(f"config.rl.max_new_tokens must be >= 1 with config.data.source="
+                         f"'jsonl' (there is no task budget), got {config.rl.max_new_tokens}")
+    try:
+        rendered = d.prompt_template.format(prompt="\0")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"config.data.prompt_template={d.prompt_template!r} is not a "
+                         f"str.format template with only {{prompt}} ({e!r}); write a literal "
+                         "brace as {{ or }}") from None
+    if "\0" not in rendered:
+        raise ValueError(f"config.data.prompt_template={d.prompt_template!r} has no {{prompt}}")
+    _positive(config, "data.max_prompt_len")
+    if not d.reward_timeout_s > 0:
+        raise ValueError(f"config.data.reward_timeout_s must be > 0, got {d.reward_timeout_s}")

@@ -1,6 +1,5 @@
 """The training job: a stopped-and-resumed run equals an uninterrupted one, SIGTERM saves
 and exits cleanly, and bad configs fail before compiling, naming the field."""
-import importlib.util
 import json
 import os
 import pathlib
@@ -12,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxrl.config_utils import load_config_file
 from jaxrl import checkpoint, sharding
 from jaxrl.rl import train
 
@@ -19,10 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def load_config(arg=None):
-    spec = importlib.util.spec_from_file_location("grpo_config", ROOT / "configs/grpo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config_file(str(ROOT / "configs/grpo.py"), arg)
 
 
 def tiny_config(sft_steps=3, rl_steps=3):
@@ -120,3 +117,6 @@ def test_default_config_is_valid_and_variants_parse():
     c = load_config("task=countdown,difficulty=1")
     train.validate(c)
     assert (c.task.name, c.task.difficulty) == ("countdown", 1)
+    sft = load_config_file(str(ROOT / "configs/sft.py"), "task=sort")
+    train.validate(sft)
+    assert (sft.task.name, sft.rl.steps, sft.sft.steps) == ("sort", 0, 200)

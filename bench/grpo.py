@@ -1,0 +1,535 @@
+"""GPU figures of the GRPO recipe at a real model size: SFT from scratch, then GRPO steps.
+
+    python bench/grpo.py --preset qwen2_0p5b --task arithmetic --out-dir OUT
+
+The recipe is the main job's (`configs/grpo.py`, `jaxrl/rl/train.py`): a random-init policy
+of the preset's shape learns an embedded task by SFT on reference solutions, then takes GRPO
+steps with the split (three-jit) step, which times each phase. The model keeps the
+preset's real vocabulary (151,936 for Qwen2.5) so that the embedding, the unembedding and
+the sampler cost what they cost on a real checkpoint; the character tokenizer uses its
+first ids, and the task checkers ignore any id outside them.
+
+Numerics: float32 params and AdamW state, bfloat16 activations (`--param-dtype`,
+`--dtype`); logits, softmax and losses are float32 in the model code.
+
+What is reported (the JSON in `--out-dir` has every step):
+- SFT: tokens/s and MFU, padded and real tokens.
+- GRPO, per step: rollout / reward / update seconds (`time/*_s` of the split step),
+  generated tokens.
+- Means leave out every step during which XLA compiled anything (seen through
+  jax.monitoring), so compiles never count as step time; the JSON keeps those steps too.
+- Update MFU: training FLOPs of the update phase / update seconds / the device's dense
+  bf16 peak. FLOPs = num_epochs * [6 * (body params * tokens + vocab * embed * logit
+  positions) + 12 * layers * heads * head_dim * sum(T^2)], with tokens = rows * (prompt_len +
+  max_new_tokens) padded, as computed, or only the real prompt and completion tokens. The
+  T^2 term counts the dense `[T, T]` scores that `attend` computes (no causal halving).
+- Rollout lengths: every completion length of every GRPO step (a histogram PNG, with the
+  reference solution lengths of the same prompts for comparison).
+- Greedy held-out accuracy after SFT and after GRPO (`--eval-problems 0` skips it).
+
+The per-sequence lengths come out of the step itself: the reward is wrapped so that its
+metrics also return `lengths_B`, which the split step hands back with its other metrics;
+nothing in the library changes and the reward phase gains one [B] int32 output.
+
+`--time-budget-s` stops SFT at half the budget and GRPO at 90% of it; what finished is
+written (the JSON is rewritten after each phase, so a killed run keeps what it had).
+
+Local smoke test (CPU):
+    python bench/grpo.py --preset tiny --sft-steps 2 --rl-steps 2 --num-prompts 2 \
+        --num-generations 4 --num-minibatches 2 --eval-problems 8 --out-dir /tmp/grpo_bench
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+T_START = time.perf_counter()
+
+# Dense bf16 peak FLOP/s by `device_kind` substring, first match wins (vendor datasheets,
+# without sparsity).
+PEAK_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+             ("H800", 989e12), ("GH200", 989e12), ("A100", 312e12))
+
+
+def log(msg: str) -> None:
+    print(f"[grpo-bench {time.perf_counter() - T_START:7.1f}s] {msg}", flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="qwen2_0p5b", help="a jaxrl.models.config preset")
+    p.add_argument("--task", default="arithmetic", choices=("arithmetic", "countdown", "sort"))
+    p.add_argument("--difficulty", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=-1,
+                   help="-1: the preset's (real costs); 0: the character tokenizer's")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                   help="activations")
+    p.add_argument("--param-dtype", default="float32", choices=("bfloat16", "float32"),
+                   help="params and optimizer state")
+    p.add_argument("--sft-steps", type=int, default=200)
+    p.add_argument("--sft-batch", type=int, default=64)
+    p.add_argument("--sft-lr", type=float, default=5e-4)
+    p.add_argument("--sft-pad", default="full", choices=("full", "bucket"),
+                   help="full: pad solutions to the task budget (one compile); bucket: to the "
+                        "batch's longest rounded up to 16, as the train job does (a compile "
+                        "per bucket)")
+    p.add_argument("--rl-steps", type=int, default=10)
+    p.add_argument("--rl-lr", type=float, default=5e-5)
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--num-generations", type=int, default=8)
+    p.add_argument("--num-minibatches", type=int, default=8,
+                   help="update minibatches per epoch; the default keeps 64 rows per minibatch "
+                        "as the recipe's 16 x 8 / 2 does, and the [rows, N, 151936] float32 "
+                        "logits small")
+    p.add_argument("--num-epochs", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=0, help="0: the task's budget")
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--eval-problems", type=int, default=256, help="0: no evaluation")
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="dense bf16 peak for MFU; 0: by device kind (none on unknown devices)")
+    p.add_argument("--time-budget-s", type=float, default=480.0,
+                   help="SFT stops at half of it and GRPO at 90%% (0: no limit)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default="grpo_bench")
+    args = p.parse_args(argv)
+    for name in ("sft_batch", "rl_steps", "num_prompts", "num_minibatches", "num_epochs"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
+    if args.sft_steps < 0 or args.max_new_tokens < 0 or args.eval_problems < 0:
+        raise SystemExit("--sft-steps, --max-new-tokens and --eval-problems must be >= 0")
+    if args.num_generations < 2:
+        raise SystemExit(f"--num-generations={args.num_generations}: must be >= 2 "
+                         "(group advantages)")
+    if (args.num_prompts * args.num_generations) % args.num_minibatches:
+        raise SystemExit(f"--num-minibatches={args.num_minibatches} must divide num_prompts * "
+                         f"num_generations = {args.num_prompts * args.num_generations}")
+    return args
+
+
+class Node(dict):
+    """A config node read by attribute or by key, as `train.build` and `grpo.make_step` read
+    an ml_collections ConfigDict (not installed where this benchmark runs)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"config has no field {name!r}") from None
+
+
+def make_config(args, vocab_size: int) -> Node:
+    """configs/grpo.py's recipe, with this benchmark's sizes."""
+    return Node(
+        seed=args.seed,
+        data=Node(source="embedded"),
+        task=Node(name=args.task, difficulty=args.difficulty, max_steps=0),
+        model=Node(preset=args.preset, path="", dtype=args.dtype, param_dtype=args.param_dtype,
+                   vocab_size=vocab_size),
+        optim=Node(warmup_steps=args.warmup_steps, weight_decay=0.0, b1=0.9, b2=0.99,
+                   grad_clip=1.0),
+        sft=Node(steps=args.sft_steps, batch_size=args.sft_batch, learning_rate=args.sft_lr),
+        rl=Node(steps=args.rl_steps, learning_rate=args.rl_lr, num_prompts=args.num_prompts,
+                num_generations=args.num_generations, max_new_tokens=args.max_new_tokens,
+                temperature=1.0, top_k=0, top_p=1.0, advantage="grpo", clip_low=0.2,
+                clip_high=0.28, dual_clip=0.0, loss_agg="token-mean", kl_coef=0.0,
+                kl_estimator="k3", num_minibatches=args.num_minibatches,
+                num_epochs=args.num_epochs, old_logprobs="sampler", dynamic_sampling=True,
+                overlong_filter=False, format_coef=0.0, split_phases=True),
+        eval=Node(num_problems=max(args.eval_problems, 1)),
+        mesh=Node(data=-1, fsdp=1, tensor=1),
+    )
+
+
+class LengthsReward:
+    """The task reward, whose metrics also carry the per-row completion lengths: the split
+    step returns reward metrics as they are, so the lengths reach the host with no extra
+    rollout and no change to the step."""
+
+    def __init__(self, reward):
+        self.reward, self.is_host = reward, reward.is_host
+
+    def __call__(self, tokens_BN, lengths_B, finished_B, targets_BT):
+        rewards_B, metrics = self.reward(tokens_BN, lengths_B, finished_B, targets_BT)
+        return rewards_B, {**metrics, "response_lengths": lengths_B}
+
+
+class CompileClock:
+    """XLA backend compile seconds since the last `take()`, from jax.monitoring: a step
+    that compiled anything is left out of the means."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        import jax
+
+        self.seconds = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._record)
+
+    def _record(self, event: str, duration: float, **_) -> None:
+        if event == self.EVENT:
+            self.seconds += duration
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+def train_flops(cfg, rows: int, tokens: float, logit_positions: float, sum_t2: float) -> float:
+    """Forward + backward FLOPs of `rows` sequences (see the module docstring)."""
+    embed = cfg.vocab_size * cfg.hidden_size
+    body = cfg.num_params() - embed * (1 if cfg.tie_word_embeddings else 2)
+    attn = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * sum_t2
+    return 6 * (body * tokens + embed * logit_positions) + attn
+
+
+def peak_flops(kind: str, override_tflops: float) -> tuple[float | None, str]:
+    if override_tflops > 0:
+        return override_tflops * 1e12, f"--peak-tflops {override_tflops:g}"
+    for key, peak in PEAK_BF16:
+        if key.lower() in kind.lower():
+            return peak, f"{key} dense bf16 {peak / 1e12:.0f} TFLOP/s"
+    return None, f"unknown device {kind!r}: no MFU (pass --peak-tflops)"
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def write_json(path: str, report: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def plot_lengths(path: str, lengths_per_step: list, reference: list, budget: int,
+                 title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    every = np.concatenate(lengths_per_step)
+    bins = np.arange(0.5, budget + 1.5, 1) if budget <= 300 else np.linspace(0.5, budget + 0.5, 101)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    ax.hist(every, bins=bins, density=True, color="tab:blue", alpha=0.75,
+            label=f"GRPO rollouts ({every.size})")
+    ax.hist(reference, bins=bins, density=True, histtype="step", color="black", lw=1.2,
+            label=f"reference solutions + EOS ({len(reference)})")
+    ax.axvline(budget, color="tab:red", ls="--", lw=1, label=f"max_new_tokens = {budget}")
+    truncated = float(np.mean(every >= budget))
+    ax.set(xlabel="completion length (tokens, EOS included)", ylabel="fraction of sequences",
+           title=(f"mean {every.mean():.1f}, p50 {np.percentile(every, 50):.0f}, "
+                  f"p90 {np.percentile(every, 90):.0f}, max {every.max()}, "
+                  f"at budget {100 * truncated:.1f}%"))
+    ax.legend(fontsize=8)
+    bx.boxplot(lengths_per_step, whis=(5, 95), showfliers=False)
+    bx.plot(range(1, len(lengths_per_step) + 1), [x.mean() for x in lengths_per_step], "o-",
+            color="tab:orange", ms=3, label="mean")
+    bx.set(xlabel="GRPO step", ylabel="completion length", title="per step (box: quartiles, "
+           "whiskers: p5-p95)")
+    bx.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> None:
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxrl import sharding
+    from jaxrl.models.config import PRESETS
+    from jaxrl.rl import grpo, train
+    from jaxrl.tasks import batches
+    from jaxrl.tasks.base import TOKENIZER
+
+    if args.preset not in PRESETS:
+        raise SystemExit(f"--preset={args.preset!r}; valid: {sorted(PRESETS)}")
+    vocab = PRESETS[args.preset].vocab_size if args.vocab_size < 0 else args.vocab_size
+    if vocab and vocab < TOKENIZER.vocab_size:
+        raise SystemExit(f"--vocab-size={vocab}: must be 0 or >= the tokenizer's "
+                         f"{TOKENIZER.vocab_size}")
+    os.makedirs(args.out_dir, exist_ok=True)
+    json_path = os.path.join(args.out_dir, "grpo_bench.json")
+    png_path = os.path.join(args.out_dir, "rollout_lengths.png")
+    budget = args.time_budget_s or float("inf")
+    elapsed = lambda: time.perf_counter() - T_START  # noqa: E731
+
+    config = make_config(args, vocab)
+    dev = jax.devices()[0]
+    peak, peak_note = peak_flops(dev.device_kind, args.peak_tflops)
+    log(f"device {dev.device_kind} ({dev.platform}), {jax.device_count()} device(s); MFU peak: "
+        f"{peak_note}")
+
+    mesh = sharding.make_mesh(config.mesh)
+    model, source, state, steps = train.build(config, mesh)
+    cfg, task = model.cfg, source.task
+    n_new, prompt_len, solution_len = source.max_new_tokens, source.prompt_len, source.solution_len
+    rl_step = grpo.make_step(model, config.rl, LengthsReward(source.reward),
+                             max_new_tokens=n_new, stop_tokens=tuple(TOKENIZER.eos_ids),
+                             pad_id=TOKENIZER.pad_id, split=True)
+    # On one device `sharding.replicate_rest` keeps the uncommitted scalars (step, rng) as they
+    # are; the first step returns them committed, so the second step would compile again.
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = jax.tree.map(lambda x: x if x.committed else jax.device_put(x, replicated), state)
+    jax.block_until_ready(state)
+    log(f"{args.preset}: {cfg.num_params() / 1e6:.1f}M params (vocab {cfg.vocab_size}), params "
+        f"{cfg.param_dtype}, activations {cfg.dtype}; task {args.task} d{args.difficulty}: "
+        f"prompt_len {prompt_len}, max_new_tokens {n_new}; built in {elapsed():.1f}s")
+
+    report = {
+        "command": shlex.join([sys.executable] + sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "device": {"kind": dev.device_kind, "platform": dev.platform,
+                   "count": jax.device_count()},
+        "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                     "jaxlib": _version("jaxlib"), "flax": _version("flax"),
+                     "optax": _version("optax")},
+        "settings": vars(args),
+        "model": {"preset": args.preset, "num_params": cfg.num_params(),
+                  "vocab_size": cfg.vocab_size, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype},
+        "task": {"name": args.task, "difficulty": args.difficulty, "prompt_len": prompt_len,
+                 "solution_len": solution_len, "max_new_tokens": n_new},
+        "peak_flops": peak, "peak_note": peak_note,
+        "definitions": {
+            "flops": "num_epochs * [6 * (body params * tokens + vocab * embed * logit positions) "
+                     "+ 12 * layers * heads * head_dim * sum over rows of T^2]",
+            "padded": "tokens as computed: rows * (prompt_len + completion budget)",
+            "real": "only real prompt and completion tokens (EOS included)",
+            "mfu": "flops / seconds / peak_flops",
+            "timed steps": "steps during which XLA compiled nothing (jax.monitoring); "
+                           "compile_s is the backend compile time inside a step",
+        },
+        "eval_accuracy": {}, "sft": {"steps": []}, "rl": {"steps": []},
+    }
+    write_json(json_path, report)
+
+    def evaluate(name):
+        if not args.eval_problems:
+            return
+        t0 = time.perf_counter()
+        acc = source.evaluate(model, state.params)
+        report["eval_accuracy"][name] = acc
+        log(f"held-out greedy accuracy {name}: {acc:.3f} ({args.eval_problems} problems, "
+            f"{time.perf_counter() - t0:.1f}s incl. any compile)")
+
+    # ---- SFT ----
+    sft_rows = report["sft"]["steps"]
+    compiles = CompileClock()
+    step = 0
+    while step < args.sft_steps:
+        if elapsed() > budget / 2:
+            log(f"time budget: SFT stopped after {step} of {args.sft_steps} steps; the learning "
+                "rate schedule still counts the configured SFT steps")
+            report["sft"]["cut_short"] = True
+            break
+        problems = batches.train_problems(task, args.seed, step, args.sft_batch)
+        n_sol = (batches.bucket_len(problems, solution_len) if args.sft_pad == "bucket"
+                 else solution_len)
+        b = batches.encode(problems, prompt_len, n_sol)
+        compiles.take()
+        t0 = time.perf_counter()
+        state, m = steps["sft"](state, b.prompts_PL, b.prompt_lengths_P, b.solutions_PN,
+                                b.solution_lengths_P)
+        m = jax.device_get(m)
+        seconds = time.perf_counter() - t0
+        step += 1
+        real_t = b.prompt_lengths_P.astype(np.float64) + b.solution_lengths_P
+        sft_rows.append({
+            "step": step, "seconds": seconds, "compile_s": compiles.take(),
+            "solution_len": n_sol, "loss": float(m["sft_loss"]),
+            "token_accuracy": float(m["token_accuracy"]),
+            "padded_tokens": args.sft_batch * (prompt_len + n_sol),
+            "real_tokens": int(real_t.sum()),
+            "flops_padded": train_flops(cfg, args.sft_batch, args.sft_batch * (prompt_len + n_sol),
+                                        args.sft_batch * n_sol,
+                                        args.sft_batch * (prompt_len + n_sol) ** 2),
+            "flops_real": train_flops(cfg, args.sft_batch, real_t.sum(),
+                                      float(b.solution_lengths_P.sum()),
+                                      float((real_t ** 2).sum())),
+        })
+        if step == 1 or step % max(1, args.sft_steps // 10) == 0 or step == args.sft_steps:
+            log(f"SFT step {step}/{args.sft_steps}: loss {m['sft_loss']:.4f}, token acc "
+                f"{m['token_accuracy']:.3f}, {seconds:.3f}s"
+                + (" (compiles)" if sft_rows[-1]["compile_s"] else ""))
+    timed = [r for r in sft_rows if not r["compile_s"]]
+    if timed:
+        secs = sum(r["seconds"] for r in timed)
+        report["sft"]["summary"] = {
+            "timed_steps": len(timed), "mean_step_s": secs / len(timed),
+            "tokens_per_s_padded": sum(r["padded_tokens"] for r in timed) / secs,
+            "tokens_per_s_real": sum(r["real_tokens"] for r in timed) / secs,
+            "mfu_padded": sum(r["flops_padded"] for r in timed) / secs / peak if peak else None,
+            "mfu_real": sum(r["flops_real"] for r in timed) / secs / peak if peak else None,
+            "compile_steps_s": [r["seconds"] for r in sft_rows if r["compile_s"]],
+            "final_loss": sft_rows[-1]["loss"]}
+    evaluate("after_sft")
+    write_json(json_path, report)
+
+    # ---- GRPO ----
+    rl_rows, lengths_per_step, reference = report["rl"]["steps"], [], []
+    n_rows = args.num_prompts * args.num_generations
+    for i in range(args.rl_steps):
+        if elapsed() > 0.9 * budget:
+            log(f"time budget: GRPO stopped after {i} of {args.rl_steps} steps")
+            report["rl"]["cut_short"] = True
+            break
+        problems = batches.train_problems(task, args.seed, args.sft_steps + i, args.num_prompts)
+        b = batches.encode(problems, prompt_len, solution_len)
+        compiles.take()
+        t0 = time.perf_counter()
+        state, m = rl_step(state, b.prompts_PL, b.prompt_lengths_P, b.targets_PT)
+        m = jax.device_get(m)
+        seconds = time.perf_counter() - t0
+        lengths = np.asarray(m.pop("response_lengths"), np.int64)
+        lengths_per_step.append(lengths)
+        reference += [len(p.solution) + 1 for p in problems]
+        plen_B = np.repeat(b.prompt_lengths_P, args.num_generations).astype(np.float64)
+        real_t = plen_B + lengths
+        e = args.num_epochs
+        row = {"step": i + 1, "seconds": seconds, "compile_s": compiles.take(),
+               **{f"{k}_s": float(m[f"time/{k}_s"]) for k in ("rollout", "reward", "update")},
+               "generated_tokens": int(m["generated_tokens"]),
+               "decode_steps": int(lengths.max()),
+               "reward": float(m["reward"]), "accuracy": float(m["accuracy"]),
+               "truncated_frac": float(m["truncated_frac"]),
+               "groups_with_signal": float(m["groups_with_signal"]),
+               "loss": float(m["loss"]), "entropy": float(m["entropy"]),
+               "grad_norm": float(m["grad_norm"]),
+               **{k: float(v) for k, v in m.items() if k.startswith("response_length/")},
+               "update_flops_padded": e * train_flops(cfg, n_rows, n_rows * (prompt_len + n_new),
+                                                      n_rows * n_new,
+                                                      n_rows * (prompt_len + n_new) ** 2),
+               "update_flops_real": e * train_flops(cfg, n_rows, real_t.sum(), float(lengths.sum()),
+                                                    float((real_t ** 2).sum())),
+               "lengths": lengths.tolist()}
+        rl_rows.append(row)
+        log(f"GRPO step {i + 1}/{args.rl_steps}: {seconds:.2f}s = rollout {row['rollout_s']:.2f} "
+            f"+ reward {row['reward_s']:.3f} + update {row['update_s']:.2f}"
+            f"{' (compiles)' if row['compile_s'] else ''}; {row['generated_tokens']} tokens, "
+            f"mean length {lengths.mean():.1f}, max {lengths.max()}; reward {row['reward']:.3f}")
+    timed = [r for r in rl_rows if not r["compile_s"]]
+    if timed:
+        upd = sum(r["update_s"] for r in timed)
+        roll = sum(r["rollout_s"] for r in timed)
+        every = np.concatenate(lengths_per_step)
+        report["rl"]["summary"] = {
+            "timed_steps": len(timed),
+            "compile_steps_s": [r["seconds"] for r in rl_rows if r["compile_s"]],
+            **{f"mean_{k}": _mean([r[k] for r in timed])
+               for k in ("seconds", "rollout_s", "reward_s", "update_s")},
+            "rollout_tokens_per_s": sum(r["generated_tokens"] for r in timed) / roll,
+            "rollout_ms_per_decode_step": 1e3 * roll / sum(r["decode_steps"] for r in timed),
+            "update_tokens_per_s_padded": len(timed) * args.num_epochs * n_rows
+                                          * (prompt_len + n_new) / upd,
+            "update_mfu_padded": (sum(r["update_flops_padded"] for r in timed) / upd / peak
+                                  if peak else None),
+            "update_mfu_real": (sum(r["update_flops_real"] for r in timed) / upd / peak
+                                if peak else None),
+            "lengths_all_steps": {"count": int(every.size), "mean": float(every.mean()),
+                                  "p50": float(np.percentile(every, 50)),
+                                  "p90": float(np.percentile(every, 90)),
+                                  "max": int(every.max()),
+                                  "at_budget_frac": float(np.mean(every >= n_new)),
+                                  "truncated_frac": _mean([r["truncated_frac"] for r in rl_rows])},
+        }
+    evaluate("after_rl")
+    stats = dev.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        report["peak_memory_gib"] = stats["peak_bytes_in_use"] / 2**30
+    if lengths_per_step:
+        plot_lengths(png_path, lengths_per_step, reference, n_new,
+                     f"{args.preset} (vocab {cfg.vocab_size}) on {args.task} d{args.difficulty}: "
+                     f"{args.num_prompts} prompts x {args.num_generations}, temperature 1, after "
+                     f"{len(sft_rows)} SFT steps; {dev.device_kind}, "
+                     f"{report['date'][:10]}")
+        report["histogram"] = os.path.basename(png_path)
+        log(f"wrote {png_path}")
+    report["total_s"] = elapsed()
+    write_json(json_path, report)
+    log(f"wrote {json_path}")
+    print(tables(report), flush=True)
+
+
+def _f(x, spec):
+    return "n/a" if x is None else format(x, spec)
+
+
+def tables(report: dict) -> str:
+    sft, rl = report["sft"].get("summary"), report["rl"].get("summary")
+    rows = [("device", f"{report['device']['kind']} ({report['peak_note']})"),
+            ("model", f"{report['model']['preset']}, {report['model']['num_params'] / 1e6:.1f}M "
+                      f"params, vocab {report['model']['vocab_size']}, params "
+                      f"{report['model']['param_dtype']}, activations {report['model']['dtype']}"),
+            ("task", f"{report['task']['name']} d{report['task']['difficulty']}, prompt_len "
+                     f"{report['task']['prompt_len']}, max_new_tokens "
+                     f"{report['task']['max_new_tokens']}")]
+    if sft:
+        rows += [("SFT step (timed steps)",
+                  f"{1e3 * sft['mean_step_s']:.1f} ms ({sft['timed_steps']})"),
+                 ("SFT tokens/s padded / real", f"{sft['tokens_per_s_padded']:,.0f} / "
+                                                f"{sft['tokens_per_s_real']:,.0f}"),
+                 ("SFT MFU padded / real", f"{_f(sft['mfu_padded'], '.1%')} / "
+                                           f"{_f(sft['mfu_real'], '.1%')}"),
+                 ("SFT final loss", f"{sft['final_loss']:.4f}")]
+    for phase in ("sft", "rl"):
+        if report[phase].get("cut_short"):
+            rows.append((f"{phase.upper()} cut short by --time-budget-s",
+                         f"after {len(report[phase]['steps'])} steps"))
+    for name, acc in report["eval_accuracy"].items():
+        rows.append((f"held-out accuracy {name.replace('_', ' ')}", f"{acc:.3f}"))
+    if rl:
+        total = rl["mean_rollout_s"] + rl["mean_reward_s"] + rl["mean_update_s"]
+        rows += [("GRPO step (timed steps)", f"{rl['mean_seconds']:.3f} s ({rl['timed_steps']})")]
+        rows += [(f"  {k}", f"{rl[f'mean_{k}_s']:.3f} s ({100 * rl[f'mean_{k}_s'] / total:.0f}%)")
+                 for k in ("rollout", "reward", "update")]
+        rows += [("  steps that compiled", ", ".join(f"{x:.1f} s" for x in rl["compile_steps_s"])),
+                 ("rollout tokens/s", f"{rl['rollout_tokens_per_s']:,.0f}"),
+                 ("rollout ms per decode step", f"{rl['rollout_ms_per_decode_step']:.2f}"),
+                 ("update tokens/s (padded)", f"{rl['update_tokens_per_s_padded']:,.0f}"),
+                 ("update MFU padded / real", f"{_f(rl['update_mfu_padded'], '.1%')} / "
+                                              f"{_f(rl['update_mfu_real'], '.1%')}")]
+        ln = rl["lengths_all_steps"]
+        rows.append(("rollout length mean / p50 / p90 / max",
+                     f"{ln['mean']:.1f} / {ln['p50']:.0f} / {ln['p90']:.0f} / {ln['max']}"
+                     f" ({100 * ln['truncated_frac']:.1f}% cut at max_new_tokens, {ln['count']} "
+                     "rollouts)"))
+    if "peak_memory_gib" in report:
+        rows.append(("peak device memory", f"{report['peak_memory_gib']:.1f} GiB"))
+    out = ["| quantity | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    steps = report["rl"]["steps"]
+    if steps:
+        out += ["", "| GRPO step | total s | rollout s | reward s | update s | generated tokens "
+                    "| mean length | max length | reward |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['step']}{' (compiles)' if r['compile_s'] else ''} | {r['seconds']:.3f} | "
+                f"{r['rollout_s']:.3f} | {r['reward_s']:.4f} | {r['update_s']:.3f} | "
+                f"{r['generated_tokens']} | {r['response_length/mean']:.1f} | "
+                f"{r['response_length/max']:.0f} | {r['reward']:.3f} |" for r in steps]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main(parse_args())
