@@ -22,6 +22,7 @@ from jaxrl.models.tokenizer import CharTokenizer, HFTokenizer
 from jaxrl.rl import train
 from jaxrl.rollout.decode import generate
 from jaxrl.rollout.sampling import SamplingParams
+from jaxrl.tasks.batches import pad_rows
 
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file (optionally :arg).",
                                 lock_config=True)
@@ -75,11 +76,9 @@ def run_generate(config, workdir: str) -> dict:
 
     prompts = [tok.encode(p) for p in config.prompts for _ in range(config.num_samples)]
     b, ways = len(prompts), mesh.shape["data"] * mesh.shape["fsdp"]
-    rows = -(-b // ways) * ways  # pad the batch to split evenly over the data axes
-    prompts_BL = np.full((rows, max(map(len, prompts))), tok.pad_id, np.int32)
-    lengths_B = np.ones((rows,), np.int32)
-    for i, p in enumerate(prompts):
-        prompts_BL[i, :len(p)], lengths_B[i] = p, len(p)
+    rows = -(-b // ways) * ways  # pad the batch with one-token rows to split evenly
+    prompts_BL, lengths_B = pad_rows(prompts + [[tok.pad_id]] * (rows - b),
+                                     max(map(len, prompts)), tok.pad_id)
     batch = sharding.shard_batch((prompts_BL, lengths_B, np.arange(rows, dtype=np.int32)), mesh)
     s = config.sampling
     sp = SamplingParams.make(rows, s.temperature, s.top_k, s.top_p)

@@ -150,9 +150,11 @@ class JsonlPrompts:
         data_dir = d.data_dir or os.path.join(workdir, "data")
         builder = tb.prepare_jsonl(data_dir, d.manual_dir, d.name, d.on_error)
         name = f"jsonl_math/{d.name}"
-        self.train = tb.load_source(name, data_dir, "train")
-        lengths = np.asarray([len(self._encode(self.train[i]["prompt"]))
-                              for i in range(len(self.train))], np.int64)
+        train = tb.load_source(name, data_dir, "train")
+        # Tokenized once: the length filter needs every prompt, and steps reuse them.
+        self.train_prompts = [self._encode(train[i]["prompt"]) for i in range(len(train))]
+        self.train_answers = [train[i]["answer"] for i in range(len(train))]
+        lengths = np.asarray([len(p) for p in self.train_prompts], np.int64)
         self.rows = np.flatnonzero(lengths <= d.max_prompt_len)  # the kept train indices
         too_long = len(lengths) - len(self.rows)
         if not len(self.rows):
@@ -187,12 +189,6 @@ class JsonlPrompts:
     def _encode(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(self.template.format(prompt=prompt))
 
-    def _pad(self, prompts: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
-        prompts_PL = np.full((len(prompts), width), self.tokenizer.pad_id, np.int32)
-        for i, p in enumerate(prompts):
-            prompts_PL[i, :len(p)] = p
-        return prompts_PL, np.asarray([len(p) for p in prompts], np.int32)
-
     def row_indices(self, step: int, n: int) -> np.ndarray:
         """The train rows (indices into the split) of step `step`: see the class doc."""
         epoch_P, offset_P = np.divmod(step * n + np.arange(n), len(self.rows))
@@ -204,19 +200,20 @@ class JsonlPrompts:
         raise ValueError("JSONL math rows have no reference completions: set config.sft.steps=0")
 
     def rl_batch(self, step: int, n: int) -> tuple:
-        rows = [self.train[int(i)] for i in self.row_indices(step, n)]
+        rows = self.row_indices(step, n)
         # Every step pads to the same length: one compile.
-        prompts_PL, lengths_P = self._pad([self._encode(r["prompt"]) for r in rows],
-                                          self.prompt_len)
-        return prompts_PL, lengths_P, [r["answer"] for r in rows]
+        prompts_PL, lengths_P = batches.pad_rows([self.train_prompts[i] for i in rows],
+                                                 self.prompt_len, self.tokenizer.pad_id)
+        return prompts_PL, lengths_P, [self.train_answers[i] for i in rows]
 
     def evaluate(self, model: Decoder, params, temperature: float = 0.0) -> float | None:
         """Accuracy on the held-out rows (greedy, or sampled at `temperature`), by the math
         checker (None without any)."""
         if not self.held_out_prompts:
             return None
-        prompts_PL, lengths_P = self._pad(self.held_out_prompts,
-                                          max(map(len, self.held_out_prompts)))
+        prompts_PL, lengths_P = batches.pad_rows(self.held_out_prompts,
+                                                 max(map(len, self.held_out_prompts)),
+                                                 self.tokenizer.pad_id)
         out = _decode(model, params, prompts_PL, lengths_P, self.max_new_tokens, self.tokenizer,
                       temperature)
         _, metrics = self.reward(out.tokens_BN, out.lengths_B, out.finished_B,

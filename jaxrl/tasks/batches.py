@@ -23,24 +23,27 @@ class TaskBatch:
     solution_lengths_P: np.ndarray  # int32, EOS included
 
 
+def pad_rows(rows: list[list[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists right-padded to `[len(rows), width]` int32, and their lengths."""
+    out = np.full((len(rows), width), pad_id, np.int32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out, np.asarray([len(row) for row in rows], np.int32)
+
+
 def encode(problems: list[Problem], prompt_len: int, solution_len: int) -> TaskBatch:
     """Pads prompts to `prompt_len` and solutions (plus EOS) to `solution_len` tokens."""
-    p = len(problems)
-    prompts = np.full((p, prompt_len), TOKENIZER.pad_id, np.int32)
-    solutions = np.full((p, solution_len), TOKENIZER.pad_id, np.int32)
-    prompt_lengths = np.zeros((p,), np.int32)
-    solution_lengths = np.zeros((p,), np.int32)
-    for i, prob in enumerate(problems):
-        prompt = TOKENIZER.encode(prob.prompt)
-        solution = TOKENIZER.encode(prob.solution) + [EOS_ID]
+    prompts = [TOKENIZER.encode(prob.prompt) for prob in problems]
+    solutions = [TOKENIZER.encode(prob.solution) + [EOS_ID] for prob in problems]
+    for prob, prompt, solution in zip(problems, prompts, solutions):
         if len(prompt) > prompt_len or len(solution) > solution_len:
             raise ValueError(f"problem {prob.prompt!r} needs {len(prompt)} prompt and "
                              f"{len(solution)} solution tokens; budgets are {prompt_len} and "
                              f"{solution_len}")
-        prompts[i, :len(prompt)], prompt_lengths[i] = prompt, len(prompt)
-        solutions[i, :len(solution)], solution_lengths[i] = solution, len(solution)
+    prompts_PL, prompt_lengths_P = pad_rows(prompts, prompt_len, TOKENIZER.pad_id)
+    solutions_PN, solution_lengths_P = pad_rows(solutions, solution_len, TOKENIZER.pad_id)
     targets = np.asarray([prob.target for prob in problems], np.int32)
-    return TaskBatch(prompts, prompt_lengths, targets, solutions, solution_lengths)
+    return TaskBatch(prompts_PL, prompt_lengths_P, targets, solutions_PN, solution_lengths_P)
 
 
 def bucket_len(problems: list[Problem], cap: int, multiple: int = 16) -> int:

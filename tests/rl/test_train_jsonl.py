@@ -160,7 +160,9 @@ def test_data_position_is_the_step(ckpt_dir, manual_dir, tmp_path):
     np.testing.assert_array_equal(positions[2:4], source.row_indices(1, 2))
     prompts_PL, lengths_P, answers = source.rl_batch(3, 2)
     assert prompts_PL.shape == (2, source.prompt_len) and prompts_PL.dtype == np.int32
-    rows = [source.train[int(i)] for i in source.row_indices(3, 2)]
+    from jaxrl.tasks import tfds_builders
+    train_rows = tfds_builders.load_source(source.info["dataset"], source.info["data_dir"], "train")
+    rows = [train_rows[int(i)] for i in source.row_indices(3, 2)]
     assert answers == [r["answer"] for r in rows]
     for ids_L, length, row in zip(prompts_PL, lengths_P, rows):
         want = source.tokenizer.encode(config.data.prompt_template.format(prompt=row["prompt"]))
