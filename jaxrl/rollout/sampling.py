@@ -5,7 +5,7 @@ The token for sequence `uid` at completion position `t` is
     argmax(process(logits) + Gumbel(key(base_key, uid, t)))
 
 where `process` is temperature, then top-k, then top-p, each a deterministic function of
-the logits. The noise depends only on `(base_key, uid, t)`, never on the batch a row sits
+the logits (the rule itself, noise included, is `kernels/sampling.py`). The noise depends only on `(base_key, uid, t)`, never on the batch a row sits
 in, so plain decoding, speculative decoding, any batch size, row order or compaction all
 pick the same token from the same logits. Temperature 0 means greedy (argmax of logits).
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from kernels import sampling as sampling_ref
 
 
 @struct.dataclass
@@ -45,42 +47,21 @@ class SamplingParams:
 
 
 def position_keys(base_key: jax.Array, uids_B: jax.Array, t_B: jax.Array) -> jax.Array:
-    """One PRNG key per (uid, t); a function of those two numbers alone."""
-    return jax.vmap(lambda u, t: jax.random.fold_in(jax.random.fold_in(base_key, u), t))(
-        uids_B, t_B)
+    """The key of each (uid, t) as uint32 key data `[B, 2]`; a function of those two numbers
+    alone."""
+    key_of = lambda u, t: jax.random.key_data(  # noqa: E731
+        jax.random.fold_in(jax.random.fold_in(base_key, u), t))
+    return jax.vmap(key_of)(uids_B, t_B)
 
 
 def gumbel_noise(base_key: jax.Array, uids_B: jax.Array, t_B: jax.Array, vocab: int) -> jax.Array:
-    keys = position_keys(base_key, uids_B, t_B)
-    return jax.vmap(lambda k: jax.random.gumbel(k, (vocab,), jnp.float32))(keys)
-
-
-def _filter_top_k_top_p(scaled_BV, top_k_B, top_p_B):
-    """Masks (to -inf) what top-k then top-p drop; thresholds from one descending sort."""
-    v = scaled_BV.shape[-1]
-    sorted_BV = -jnp.sort(-scaled_BV, axis=-1)
-    k_B = jnp.where(top_k_B > 0, jnp.minimum(top_k_B, v), v)
-    kth_B = jnp.take_along_axis(sorted_BV, (k_B - 1)[:, None], axis=-1)
-    in_top_k_BV = jnp.arange(v)[None, :] < k_B[:, None]
-    probs_BV = jax.nn.softmax(jnp.where(in_top_k_BV, sorted_BV, -jnp.inf), axis=-1)
-    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-    # Smallest prefix whose mass reaches top_p; the first token is always kept. top_p >= 1
-    # keeps all: float32 cumsum can reach 1.0 before the tail, which would drop it.
-    in_top_p_BV = (mass_before_BV < top_p_B[:, None]) | (top_p_B[:, None] >= 1.0)
-    n_keep_B = jnp.maximum(jnp.sum(in_top_p_BV & in_top_k_BV, -1), 1)
-    pth_B = jnp.take_along_axis(sorted_BV, (n_keep_B - 1)[:, None], axis=-1)
-    threshold_B1 = jnp.maximum(kth_B, pth_B)
-    return jnp.where(scaled_BV >= threshold_B1, scaled_BV, -jnp.inf)
+    return sampling_ref.gumbel_noise(position_keys(base_key, uids_B, t_B), vocab)
 
 
 def process_logits(logits_BV: jax.Array, params: SamplingParams) -> jax.Array:
     """Temperature, top-k, top-p: the logits of the sampling distribution (float32)."""
-    logits_BV = logits_BV.astype(jnp.float32)
-    t_B1 = params.temperature_B[:, None]
-    scaled_BV = logits_BV / jnp.where(t_B1 > 0, t_B1, 1.0)
-    needs_filter = jnp.any(params.top_k_B > 0) | jnp.any(params.top_p_B < 1.0)
-    return jax.lax.cond(needs_filter, _filter_top_k_top_p, lambda x, *_: x,
-                        scaled_BV, params.top_k_B, params.top_p_B)
+    return sampling_ref.process_logits(logits_BV, params.temperature_B, params.top_k_B,
+                                       params.top_p_B)
 
 
 @struct.dataclass
@@ -93,15 +74,6 @@ class Sample:
 def sample(logits_BV: jax.Array, params: SamplingParams, base_key: jax.Array,
            uids_B: jax.Array, t_B: jax.Array) -> Sample:
     """The position-keyed sample for each row, with its log-probs."""
-    logits_BV = logits_BV.astype(jnp.float32)
-    processed_BV = process_logits(logits_BV, params)
-    noise_BV = gumbel_noise(base_key, uids_B, t_B, logits_BV.shape[-1])
-    greedy_B = params.temperature_B <= 0
-    tokens_B = jnp.where(greedy_B, jnp.argmax(logits_BV, -1),
-                         jnp.argmax(processed_BV + noise_BV, -1)).astype(jnp.int32)
-    # logit[token] - logsumexp(logits): one reduction each, no [B, V] log-softmax array.
-    logprob = lambda x_BV: (jnp.take_along_axis(x_BV, tokens_B[:, None], -1)[:, 0]  # noqa: E731
-                            - jax.nn.logsumexp(x_BV, axis=-1))
-    logprobs_B = logprob(logits_BV)
-    sample_logprobs_B = jnp.where(greedy_B, 0.0, logprob(processed_BV))
-    return Sample(tokens_B, logprobs_B, sample_logprobs_B)
+    return Sample(*sampling_ref.sample_reference(
+        logits_BV, params.temperature_B, params.top_k_B, params.top_p_B,
+        position_keys(base_key, uids_B, t_B)))
