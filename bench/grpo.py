@@ -400,7 +400,8 @@ def main(args: argparse.Namespace) -> None:
         b = batches.encode(problems, prompt_len, solution_len)
         compiles.take()
         t0 = time.perf_counter()
-        state, m = rl_step(state, b.prompts_PL, b.prompt_lengths_P, b.targets_PT)
+        ids_P = (args.sft_steps + i) * args.num_prompts + np.arange(args.num_prompts, dtype=np.int32)
+        state, m = rl_step(state, b.prompts_PL, b.prompt_lengths_P, b.targets_PT, ids_P)
         m = jax.device_get(m)
         seconds = time.perf_counter() - t0
         lengths = np.asarray(m.pop("response_lengths"), np.int64)

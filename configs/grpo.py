@@ -3,6 +3,7 @@
     python -m jaxrl.main --config=configs/grpo.py --workdir=/tmp/grpo
     python -m jaxrl.main --config=configs/grpo.py:task=countdown,difficulty=1 --workdir=DIR
     python -m jaxrl.main --config=configs/grpo.py --config.rl.num_generations=16 --workdir=DIR
+    python -m jaxrl.main --config=configs/grpo.py:speculative=True --workdir=DIR  # DAS rollouts
     python -m jaxrl.main --config=configs/grpo.py:data=jsonl \\
         --config.model.path=/ckpt/Qwen2.5-0.5B-Instruct --config.data.manual_dir=/data/gsm8k \\
         --workdir=DIR
@@ -34,7 +35,7 @@ TEMPLATES = {
 
 def get_config(arg=None):
     arg = parse_arg(arg, task="countdown", difficulty=0, model="small", sft_steps=200,
-                    rl_steps=150, data="embedded", template="plain")
+                    rl_steps=150, data="embedded", template="plain", speculative=False)
     c = ml_collections.ConfigDict()
     c.job = "train"
     c.seed = 0
@@ -43,6 +44,10 @@ def get_config(arg=None):
     c.task.name = arg.task  # arithmetic | countdown | sort
     c.task.difficulty = arg.difficulty
     c.task.max_steps = 0  # 0 = the level's default cap on solution steps
+    # RL prompts come from a fixed pool of this many problems, visited in epochs (as a
+    # dataset would be); 0 = fresh problems every step. Speculative rollouts draft from
+    # the history of prompts that recur.
+    c.task.train_pool = 512
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = arg.model
@@ -86,6 +91,28 @@ def get_config(arg=None):
     c.rl.overlong_filter = False  # mask completions cut at max_new_tokens
     c.rl.format_coef = 0.0
     c.rl.split_phases = True  # three jits, timed; False = one jit (same results)
+
+    # DAS speculative rollouts: the same tokens as plain decoding, fewer decode passes.
+    c.rollout = ml_collections.ConfigDict()
+    c.rollout.speculative = arg.speculative
+    c.rollout.window = 4  # a prompt's rollouts from its last `window` appearances
+    c.rollout.history_slots = 0  # prompts kept in the history; 0 = all (at most 4096)
+    c.rollout.widths = (0, 4, 8, 16)  # drafted tokens verified per row: one compile each
+    c.rollout.max_match = 16  # longest context suffix matched against the history
+    c.rollout.spec_factor = 1.0  # draft at most spec_factor * match length
+    c.rollout.min_token_prob = 0.1  # stop a draft below this running probability
+    c.rollout.max_candidates = 64  # pattern occurrences counted per row
+    c.rollout.length_aware = True  # budgets by length class, raised in the tail
+    c.rollout.class_budgets = (4, 8, 16)  # short, medium, long prompts
+    c.rollout.long_frac = 0.2  # top 20% of past lengths are long,
+    c.rollout.medium_frac = 0.4  # the next 40% medium
+    c.rollout.compaction = True  # move live rows into smaller buckets as rows finish
+    c.rollout.min_bucket = 8
+    c.rollout.fit_cost_model = True  # time verification passes on this device at start
+    c.rollout.cost_base = 1.0  # else: pass cost = cost_base + cost_per_token * tokens
+    c.rollout.cost_per_token = 0.002
+    c.rollout.verify_impl = "auto"  # auto | pallas | reference (kernels/spec_verify.py)
+    c.rollout.attention_impl = "reference"  # auto | pallas | reference (kernels/ragged_attention.py)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 50

@@ -1,8 +1,8 @@
 """One GRPO step as pure functions: rollout -> reward -> advantages -> minibatch updates.
 
-    rollout = rollout_phase(model, rl, state, prompts)
+    rollout, spec_stats = rollout_phase(model, rl, state, prompts, prompt_ids)
     rewards_B, reward_metrics = reward(rollout..., targets)
-    state, metrics = update_phase(model, rl, state, prompts, rollout, rewards_B)
+    state, metrics = update_phase(model, rl, state, prompts, prompt_ids, rollout, rewards_B)
 
 `make_step` composes them in one `jax.jit` with the state donated (a JAX reward), or in two
 jits split at a host reward. `rl` is the `config.rl` ConfigDict (static).
@@ -20,8 +20,11 @@ from jaxrl.rl import advantages as adv_lib
 from jaxrl.rl import losses
 from jaxrl.rl.logprobs import completion_logits, completion_mask, token_logprobs
 from jaxrl.rl.state import TrainState, apply_gradients
+from jaxrl.rollout import drafter, speculative
+from jaxrl.rollout import policy as length_policy
 from jaxrl.rollout.decode import Rollout, generate
 from jaxrl.rollout.sampling import SamplingParams
+from jaxrl.rollout.speculative import SpecConfig
 
 _ROLLOUT_SALT, _SHUFFLE_SALT = 0, 1
 
@@ -31,15 +34,41 @@ def repeat_groups(x_P, g: int):
     return jnp.repeat(x_P, g, axis=0)
 
 
-def rollout_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_lengths_P, *,
-                  max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int) -> Rollout:
+def rollout_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_lengths_P,
+                  prompt_ids_P, *, max_new_tokens: int, stop_tokens: tuple[int, ...],
+                  pad_id: int, spec: SpecConfig | None = None):
+    """`(rollout, spec_stats)`: plain decoding (`spec_stats` None), or speculative decoding
+    from `state.history` when `spec` is given; the tokens are the same either way."""
     g = rl.num_generations
     prompts_BL = repeat_groups(prompts_PL, g)
     b = prompts_BL.shape[0]
     sampling = SamplingParams.make(b, rl.temperature, rl.top_k, rl.top_p)
-    return generate(model, state.params, prompts_BL, repeat_groups(prompt_lengths_P, g),
-                    jnp.arange(b, dtype=jnp.int32), state.key(_ROLLOUT_SALT), sampling,
-                    max_new_tokens=max_new_tokens, stop_tokens=stop_tokens, pad_id=pad_id)
+    args = (model, state.params, prompts_BL, repeat_groups(prompt_lengths_P, g),
+            jnp.arange(b, dtype=jnp.int32), state.key(_ROLLOUT_SALT), sampling)
+    kw = dict(max_new_tokens=max_new_tokens, stop_tokens=stop_tokens, pad_id=pad_id)
+    if spec is None:
+        return generate(*args, **kw), None
+    past_PRN, past_lengths_PR = drafter.prompt_history(state.history, prompt_ids_P)
+    class_P = length_policy.length_classes(past_lengths_PR, spec.long_frac, spec.medium_frac)
+    return speculative.generate(*args, past_PRN, class_P, spec=spec, group=g, **kw)
+
+
+def spec_metrics(stats: speculative.SpecStats, lengths_B) -> dict:
+    """Per-step speculation metrics: acceptance overall and by length class, the work done
+    (`spec/plain_passes`: the decode steps plain decoding takes for the same rollout)."""
+    ratio = lambda a, b: a / jnp.maximum(b, 1)  # noqa: E731
+    m = {"spec/passes": stats.passes, "spec/plain_passes": jnp.max(lengths_B) - 1,
+         "spec/drafted": stats.drafted,
+         "spec/accepted": stats.accepted,
+         "spec/acceptance": ratio(stats.accepted, stats.drafted),
+         # Tokens a row gains per verification: 1 (the bonus token) + accepted drafts.
+         "spec/tokens_per_row_pass": 1.0 + ratio(stats.accepted, stats.row_passes),
+         "spec/bucket_rows_mean": ratio(stats.bucket_N.sum(), stats.passes),
+         "spec/active_rows_mean": ratio(jnp.maximum(stats.active_N, 0).sum(), stats.passes)}
+    for c, name in enumerate(length_policy.CLASS_NAMES):
+        m[f"spec/acceptance_{name}"] = ratio(stats.accepted_C[c], stats.drafted_C[c])
+        m[f"spec/rows_{name}"] = stats.rows_C[c]
+    return m
 
 
 def _length_stats(lengths_B):
@@ -49,7 +78,7 @@ def _length_stats(lengths_B):
 
 
 def update_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_lengths_P,
-                 rollout: Rollout, rewards_B) -> tuple[TrainState, dict]:
+                 prompt_ids_P, rollout: Rollout, rewards_B) -> tuple[TrainState, dict]:
     g = rl.num_generations
     prompts_BL = repeat_groups(prompts_PL, g)
     plen_B = repeat_groups(prompt_lengths_P, g)
@@ -115,21 +144,28 @@ def update_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_lengt
     metrics.update({"reward": rewards_B.mean(), "groups_with_signal": signal_P.mean(),
                     "truncated_frac": 1.0 - rollout.finished_B.mean(),
                     "generated_tokens": lengths_B.sum()})
+    if state.history is not None:  # this step's outputs join each prompt's window
+        state = state.replace(history=drafter.update_history(
+            state.history, prompt_ids_P, tokens_BN, lengths_B))
     return state.replace(step=state.step + 1), metrics
 
 
 def make_step(model: Decoder, rl, reward, *, max_new_tokens: int,
-              stop_tokens: tuple[int, ...], pad_id: int, split: bool = False):
-    """`step(state, prompts_PL, prompt_lengths_P, reward_inputs_P) -> (state, metrics)`.
+              stop_tokens: tuple[int, ...], pad_id: int, split: bool = False,
+              spec: SpecConfig | None = None):
+    """`step(state, prompts_PL, prompt_lengths_P, reward_inputs_P, prompt_ids_P) ->
+    (state, metrics)`.
 
     `reward_inputs_P` is per prompt what the reward takes: the targets array of a JAX reward,
-    a list of answers for a host reward. A JAX reward with `split=False` makes rollout,
-    reward and update one jit with the state donated. A host reward, or `split=True`, runs
-    three jits and reports each phase's wall time (`time/*_s`); the results are the same.
+    a list of answers for a host reward. `prompt_ids_P` (int32) names each prompt across
+    steps, for the rollout history of speculative decoding (`spec`; the state must then
+    carry a `History`). A JAX reward with `split=False` makes rollout, reward and update one
+    jit with the state donated. A host reward, or `split=True`, runs three jits and reports
+    each phase's wall time (`time/*_s`); the results are the same.
     """
     g = rl.num_generations
     rollout = functools.partial(rollout_phase, model, rl, max_new_tokens=max_new_tokens,
-                                stop_tokens=stop_tokens, pad_id=pad_id)
+                                stop_tokens=stop_tokens, pad_id=pad_id, spec=spec)
     update = functools.partial(update_phase, model, rl)
 
     def rewards_of(out, inputs_P):
@@ -137,28 +173,36 @@ def make_step(model: Decoder, rl, reward, *, max_new_tokens: int,
                     else repeat_groups(inputs_P, g))
         return reward(out.tokens_BN, out.lengths_B, out.finished_B, inputs_B)
 
+    def rollout_metrics(out, stats):
+        return {} if stats is None else spec_metrics(stats, out.lengths_B)
+
     if not reward.is_host and not split:
         @functools.partial(jax.jit, donate_argnums=0)
-        def step(state, prompts_PL, prompt_lengths_P, targets_PT):
-            out = rollout(state, prompts_PL, prompt_lengths_P)
+        def step(state, prompts_PL, prompt_lengths_P, targets_PT, prompt_ids_P):
+            out, stats = rollout(state, prompts_PL, prompt_lengths_P, prompt_ids_P)
             rewards_B, reward_metrics = rewards_of(out, targets_PT)
-            state, metrics = update(state, prompts_PL, prompt_lengths_P, out, rewards_B)
-            return state, {**metrics, **reward_metrics}
+            state, metrics = update(state, prompts_PL, prompt_lengths_P, prompt_ids_P, out,
+                                    rewards_B)
+            return state, {**metrics, **reward_metrics, **rollout_metrics(out, stats)}
         return step
 
     rollout_jit = jax.jit(rollout)
     reward_fn = rewards_of if reward.is_host else jax.jit(rewards_of)
     update_jit = jax.jit(update, donate_argnums=0)
 
-    def split_step(state, prompts_PL, prompt_lengths_P, inputs_P):
+    def split_step(state, prompts_PL, prompt_lengths_P, inputs_P, prompt_ids_P):
         t0 = time.perf_counter()
-        out = jax.block_until_ready(rollout_jit(state, prompts_PL, prompt_lengths_P))
+        out, stats = jax.block_until_ready(
+            rollout_jit(state, prompts_PL, prompt_lengths_P, prompt_ids_P))
         t1 = time.perf_counter()
         rewards_B, reward_metrics = jax.block_until_ready(reward_fn(out, inputs_P))
         t2 = time.perf_counter()
         state, metrics = jax.block_until_ready(
-            update_jit(state, prompts_PL, prompt_lengths_P, out, jnp.asarray(rewards_B)))
+            update_jit(state, prompts_PL, prompt_lengths_P, prompt_ids_P, out,
+                       jnp.asarray(rewards_B)))
         t3 = time.perf_counter()
-        return state, {**metrics, **reward_metrics, "time/rollout_s": t1 - t0,
-                       "time/reward_s": t2 - t1, "time/update_s": t3 - t2}
+        return state, {**metrics, **reward_metrics, **rollout_metrics(out, stats),
+                       "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1,
+                       "time/update_s": t3 - t2,
+                       "time/rollout_tokens_per_s": float(metrics["generated_tokens"]) / (t1 - t0)}
     return split_step

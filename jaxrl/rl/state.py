@@ -21,6 +21,7 @@ class TrainState:
     rng: jax.Array  # uint32 key data (jax.random.key_data): orbax saves plain arrays
     ref_params: Any  # frozen reference policy for the KL penalty; None without one
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    history: Any = None  # rollout.drafter.History for speculative rollouts (DAS); else None
 
     def key(self, *salt: int) -> jax.Array:
         """The PRNG key of this step, optionally folded with a salt (e.g. a minibatch)."""
@@ -38,10 +39,11 @@ def make_optimizer(opt, schedule: optax.Schedule) -> optax.GradientTransformatio
     return optax.chain(*parts)
 
 
-def create(params, tx: optax.GradientTransformation, seed: int, with_reference: bool) -> TrainState:
+def create(params, tx: optax.GradientTransformation, seed: int, with_reference: bool,
+           history=None) -> TrainState:
     return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                       rng=jax.random.key_data(jax.random.key(seed)),
-                      ref_params=params if with_reference else None, tx=tx)
+                      ref_params=params if with_reference else None, tx=tx, history=history)
 
 
 def apply_gradients(state: TrainState, grads) -> tuple[TrainState, dict]:

@@ -13,6 +13,7 @@ as an HF checkpoint to `workdir/hf`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -29,12 +30,17 @@ from jaxrl import checkpoint, metrics as metrics_lib, sharding
 from jaxrl.models import hf
 from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder, init_params, param_axes
+from jaxrl.models.kv_cache import init_cache
 from jaxrl.models.tokenizer import HFTokenizer
 from jaxrl.rl import grpo, state as state_lib
 from jaxrl.rl.rewards import HostReward, TaskReward
 from jaxrl.rl.sft import make_sft_step
+from jaxrl.rollout import drafter
+from jaxrl.rollout import policy as length_policy
 from jaxrl.rollout.decode import generate
 from jaxrl.rollout.sampling import SamplingParams
+from jaxrl.rollout.speculative import SpecConfig
+from kernels.ragged_attention import IMPLS as ATTENTION_IMPLS
 from jaxrl.tasks import batches, get_task, math_checker
 from jaxrl.tasks.base import TOKENIZER
 
@@ -72,22 +78,67 @@ def load_policy(config, tokenizer) -> tuple[Decoder, dict]:
     return Decoder(cfg), init_params(cfg, jax.random.key(config.seed))
 
 
+def spec_config(config, model: Decoder, mesh, batch: int) -> SpecConfig | None:
+    """`config.rollout` as a `SpecConfig` (None when speculation is off). With
+    `rollout.fit_cost_model` the width cost model is timed on this device first."""
+    r = config.rollout
+    if not r.speculative:
+        return None
+    spec = SpecConfig(widths=tuple(r.widths), max_match=r.max_match, spec_factor=r.spec_factor,
+                      min_token_prob=r.min_token_prob, max_candidates=r.max_candidates,
+                      length_aware=r.length_aware, class_budgets=tuple(r.class_budgets),
+                      long_frac=r.long_frac, medium_frac=r.medium_frac,
+                      compaction=r.compaction, min_bucket=r.min_bucket,
+                      cost_base=r.cost_base, cost_per_token=r.cost_per_token,
+                      verify_impl=r.verify_impl).validate()
+    if r.fit_cost_model:
+        c_base, c_tok = length_policy.measure_cost_model(
+            verification_timer(model, batch, mesh), (batch, max(batch // 8, 1)), spec.widths)
+        logging.info("verification cost model on %s: %.3g s + %.3g s/token",
+                     jax.devices()[0].device_kind, c_base, c_tok)
+        spec = dataclasses.replace(spec, cost_base=c_base, cost_per_token=c_tok)
+    return spec
+
+
+def verification_timer(model: Decoder, batch: int, mesh, context: int = 256):
+    """`forward(rows, k)`: one cached forward of `k + 1` tokens on `rows` rows over a cache of
+    `context` filled slots, blocking; random weights (only the time matters)."""
+    params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
+                                   param_axes(model.cfg), mesh)
+
+    @functools.partial(jax.jit, static_argnums=(1, 2))
+    def step(params, rows, k):
+        cache = init_cache(model.cfg, rows, context + k + 1)
+        cache = cache.replace(lengths_B=jnp.full((rows,), context, jnp.int32))
+        return model.apply({"params": params}, jnp.zeros((rows, k + 1), jnp.int32), cache=cache)[0]
+
+    return lambda rows, k: jax.block_until_ready(step(params, rows, k))
+
+
 def build(config, mesh, source=None):
     """(model, prompt source, initial state placed on the mesh, the jitted steps) from a
     config; `source` defaults to `make_source(config)`."""
     if source is None:
         source = make_source(config)
     model, params = load_policy(config, source.tokenizer)
+    model = Decoder(model.cfg, attention_impl=config.rollout.attention_impl)
     tx = state_lib.make_optimizer(config.optim, learning_rate_schedule(config))
     params = sharding.shard_params(params, param_axes(model.cfg), mesh)
+    rl = config.rl
+    spec = spec_config(config, model, mesh, rl.num_prompts * rl.num_generations)
+    history = None
+    if spec is not None:
+        slots = config.rollout.history_slots or min(source.num_prompts or 4096, 4096)
+        history = drafter.init_history(slots, config.rollout.window, rl.num_generations,
+                                       source.max_new_tokens)
     state = sharding.replicate_rest(
-        state_lib.create(params, tx, config.seed, with_reference=config.rl.kl_coef > 0), mesh)
+        state_lib.create(params, tx, config.seed, with_reference=rl.kl_coef > 0,
+                         history=history), mesh)
     tok = source.tokenizer
     steps = {"sft": make_sft_step(model),
-             "rl": grpo.make_step(model, config.rl, source.reward,
-                                  max_new_tokens=source.max_new_tokens,
+             "rl": grpo.make_step(model, rl, source.reward, max_new_tokens=source.max_new_tokens,
                                   stop_tokens=tuple(tok.eos_ids), pad_id=tok.pad_id,
-                                  split=config.rl.split_phases)}
+                                  split=rl.split_phases, spec=spec)}
     return model, source, state, steps
 
 
@@ -106,7 +157,10 @@ class EmbeddedPrompts:
         self.max_new_tokens = config.rl.max_new_tokens or self.solution_len
         self.reward = TaskReward(self.task, config.rl.format_coef)
         self.held_out = batches.held_out_problems(self.task, config.seed, config.eval.num_problems)
-        self.info = {"task": self.task.name}
+        pool = config.task.train_pool
+        self.pool = batches.train_pool(self.task, config.seed, pool) if pool else None
+        self.num_prompts = pool or None  # distinct RL prompts (None: a fresh stream)
+        self.info = {"task": self.task.name, "rl_prompt_pool": pool or "fresh every step"}
 
     def sft_batch(self, step: int, n: int) -> tuple:
         problems = batches.train_problems(self.task, self.seed, step, n)
@@ -115,9 +169,16 @@ class EmbeddedPrompts:
         return b.prompts_PL, b.prompt_lengths_P, b.solutions_PN, b.solution_lengths_P
 
     def rl_batch(self, step: int, n: int) -> tuple:
-        problems = batches.train_problems(self.task, self.seed, step, n)
+        """(prompts, lengths, targets, prompt ids): from the pool by epochs (ids are pool
+        indices), or fresh problems (ids unique to the step, so never seen again)."""
+        if self.pool is None:
+            problems = batches.train_problems(self.task, self.seed, step, n)
+            ids_P = step * n + np.arange(n)
+        else:
+            ids_P = batches.epoch_indices(self.seed, step, n, len(self.pool))
+            problems = [self.pool[i] for i in ids_P]
         b = batches.encode(problems, self.prompt_len, self.solution_len)
-        return b.prompts_PL, b.prompt_lengths_P, b.targets_PT
+        return b.prompts_PL, b.prompt_lengths_P, b.targets_PT, ids_P.astype(np.int32)
 
     def evaluate(self, model: Decoder, params, temperature: float = 0.0) -> float:
         """Accuracy on held-out problems (greedy, or sampled at `temperature`), by the task's
@@ -161,6 +222,7 @@ class JsonlPrompts:
             raise ValueError(f"no train prompt of {name} fits config.data.max_prompt_len="
                              f"{d.max_prompt_len} tokens")
         self.prompt_len = int(lengths[self.rows].max())
+        self.num_prompts = len(self.train_prompts)  # prompt ids are indices into the split
 
         self.held_out_prompts, self.held_out_answers = [], []
         if "test" in builder.info.splits:  # the first eval.num_problems rows that fit
@@ -191,10 +253,7 @@ class JsonlPrompts:
 
     def row_indices(self, step: int, n: int) -> np.ndarray:
         """The train rows (indices into the split) of step `step`: see the class doc."""
-        epoch_P, offset_P = np.divmod(step * n + np.arange(n), len(self.rows))
-        order = {e: np.random.default_rng([self.seed, e]).permutation(len(self.rows))
-                 for e in np.unique(epoch_P)}
-        return self.rows[[order[e][o] for e, o in zip(epoch_P, offset_P)]]
+        return self.rows[batches.epoch_indices(self.seed, step, n, len(self.rows))]
 
     def sft_batch(self, step: int, n: int) -> tuple:
         raise ValueError("JSONL math rows have no reference completions: set config.sft.steps=0")
@@ -204,7 +263,7 @@ class JsonlPrompts:
         # Every step pads to the same length: one compile.
         prompts_PL, lengths_P = batches.pad_rows([self.train_prompts[i] for i in rows],
                                                  self.prompt_len, self.tokenizer.pad_id)
-        return prompts_PL, lengths_P, [self.train_answers[i] for i in rows]
+        return prompts_PL, lengths_P, [self.train_answers[i] for i in rows], rows.astype(np.int32)
 
     def evaluate(self, model: Decoder, params, temperature: float = 0.0) -> float | None:
         """Accuracy on the held-out rows (greedy, or sampled at `temperature`), by the math
@@ -268,6 +327,8 @@ def run(config, workdir: str) -> dict:
     accuracy, accuracy_sampled = {}, {}
     phase_time = {"rollout": 0.0, "reward": 0.0, "update": 0.0}
     rl_tokens, rl_seconds = 0, 0.0
+    spec_totals = {"spec/drafted": 0, "spec/accepted": 0, "spec/passes": 0,
+                   "spec/plain_passes": 0}
 
     def eval_at(step):
         acc = source.evaluate(model, state.params)
@@ -298,6 +359,8 @@ def run(config, workdir: str) -> dict:
                 rl_seconds += seconds
                 for k in phase_time:
                     phase_time[k] += float(m.get(f"time/{k}_s", 0.0))
+                for k in spec_totals:
+                    spec_totals[k] += int(m.get(k, 0))
             writer.write(step, {**m, "step_time_s": seconds, "phase": 0 if in_sft else 1})
             shown = {"loss": m["sft_loss"]} if in_sft else {"reward": m["reward"],
                                                             "acc": m["accuracy"]}
@@ -318,11 +381,21 @@ def run(config, workdir: str) -> dict:
     summary = {"steps": step, "accuracy": accuracy, "accuracy_sampled": accuracy_sampled,
                "data": source.info,
                "rl_tokens_per_s": rl_tokens / rl_seconds if rl_seconds else 0.0,
-               "phase_seconds": phase_time}
+               "rollout_tokens_per_s": (rl_tokens / phase_time["rollout"]
+                                        if phase_time["rollout"] else 0.0),
+               "phase_seconds": phase_time, **spec_totals}
     rows = [(f"data: {k}", v) for k, v in source.info.items()]
     rows += [(f"held-out accuracy at step {k} (greedy / sampled)",
               f"{v:.3f} / {accuracy_sampled[k]:.3f}") for k, v in sorted(accuracy.items())]
-    rows += [("RL rollout tokens/s", f"{summary['rl_tokens_per_s']:.1f}")]
+    rows += [("RL tokens/s (whole step)", f"{summary['rl_tokens_per_s']:.1f}")]
+    if summary["rollout_tokens_per_s"]:
+        rows += [("RL tokens/s (rollout phase)", f"{summary['rollout_tokens_per_s']:.1f}")]
+    if spec_totals["spec/passes"]:
+        d, a = spec_totals["spec/drafted"], spec_totals["spec/accepted"]
+        rows += [("speculation: drafted / accepted tokens",
+                  f"{d} / {a} ({100 * a / max(d, 1):.0f}%)"),
+                 ("speculation: decode passes (plain decoding's steps)",
+                  f"{spec_totals['spec/passes']} ({spec_totals['spec/plain_passes']})")]
     if any(phase_time.values()):
         total_phase = sum(phase_time.values())
         rows += [(f"RL time in {k}", f"{v:.1f}s ({100 * v / total_phase:.0f}%)")
@@ -390,6 +463,15 @@ def validate(config) -> None:
         raise ValueError(f"config.rl.max_new_tokens must be >= 0 (0 = task budget), "
                          f"got {rl.max_new_tokens}")
     SamplingParams.make(1, rl.temperature, rl.top_k, rl.top_p)
+    if config.task.train_pool < 0:
+        raise ValueError(f"config.task.train_pool must be >= 0 (0 = fresh problems), got "
+                         f"{config.task.train_pool}")
+    _one_of("config.rollout.attention_impl", config.rollout.attention_impl, ATTENTION_IMPLS)
+    if config.rollout.speculative:
+        _positive(config, "rollout.window")
+        if config.rollout.history_slots < 0:
+            raise ValueError(f"config.rollout.history_slots must be >= 0 (0 = all prompts), "
+                             f"got {config.rollout.history_slots}")
     for name in ("sft.learning_rate", "rl.learning_rate"):
         part, leaf = name.split(".")
         if config[part][leaf] <= 0:

@@ -12,6 +12,7 @@ from flax import struct
 from jaxrl.tasks.base import EOS_ID, TOKENIZER, Problem, Task
 
 _HELD_OUT_STREAM = 2**31 - 1  # never a training step
+_POOL_STREAM = 2**31 - 2  # the finite RL prompt pool (task.train_pool)
 
 
 @struct.dataclass
@@ -61,6 +62,22 @@ def budgets(task: Task) -> tuple[int, int]:
 def train_problems(task: Task, seed: int, step: int, n: int) -> list[Problem]:
     rng = np.random.default_rng([seed, step])
     return [task.sample(rng) for _ in range(n)]
+
+
+def train_pool(task: Task, seed: int, size: int) -> list[Problem]:
+    """A fixed pool of training problems: RL datasets are finite, and prompts that recur
+    across steps are what the rollout history of speculative decoding drafts from."""
+    rng = np.random.default_rng([seed, _POOL_STREAM])
+    return [task.sample(rng) for _ in range(size)]
+
+
+def epoch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
+    """Indices into a dataset of `size` items for step `step`'s `n` items: positions
+    `step * n .. step * n + n - 1` of the endless sequence that visits every item once per
+    epoch, in the order of `default_rng([seed, epoch]).permutation(size)`."""
+    epoch_P, offset_P = np.divmod(step * n + np.arange(n), size)
+    order = {e: np.random.default_rng([seed, e]).permutation(size) for e in np.unique(epoch_P)}
+    return np.asarray([order[e][o] for e, o in zip(epoch_P, offset_P)], np.int64)
 
 
 def held_out_problems(task: Task, seed: int, n: int) -> list[Problem]:

@@ -158,7 +158,8 @@ def test_data_position_is_the_step(ckpt_dir, manual_dir, tmp_path):
     kept = set(source.rows.tolist())
     assert len(kept) == n and set(positions[:n]) == set(positions[n:]) == kept
     np.testing.assert_array_equal(positions[2:4], source.row_indices(1, 2))
-    prompts_PL, lengths_P, answers = source.rl_batch(3, 2)
+    prompts_PL, lengths_P, answers, ids_P = source.rl_batch(3, 2)
+    np.testing.assert_array_equal(ids_P, source.row_indices(3, 2))  # ids name the rows
     assert prompts_PL.shape == (2, source.prompt_len) and prompts_PL.dtype == np.int32
     from jaxrl.tasks import tfds_builders
     train_rows = tfds_builders.load_source(source.info["dataset"], source.info["data_dir"], "train")

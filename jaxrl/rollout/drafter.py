@@ -1,0 +1,208 @@
+"""The DAS drafter: draft tokens from rollout history by longest suffix match (on device).
+
+The corpus of a prompt is its own prompt, the live outputs of the rows of its group, and
+its rollouts from the last `window` times it was drawn (`History`). Each output in the
+corpus is preceded by the last `max_match` prompt tokens, so a context that ends in the
+prompt already matches the start of earlier outputs. Sequences are laid end to end with
+-1 separators (`corpus_PX`); contexts pad with -2, so neither ever matches a token.
+
+A draft follows the SuffixDecoding / DAS chain rule (`draft`): find the longest suffix of
+the row's context (at most `max_match` tokens) that occurs in the corpus with a token after
+it, then repeatedly take the most frequent continuation (ties to the smaller id), its
+probability the running product of continuation frequencies, until that falls below
+`min_token_prob` or the draft reaches `min(budget, max_draft, spec_factor * match_length)`.
+Counting is a brute-force scan over the corpus, O(X * max_match) per row, with static
+shapes and no host round trip: a suffix tree's counts without the pointer structure.
+`tests/rollout/suffix_tree_ref.py` is the plain-Python suffix tree it is checked against.
+
+Counting keeps the first `max_candidates` occurrences of the matched pattern (in corpus
+order: prompt, live group outputs, then history newest first); only short patterns with
+more occurrences than that differ from the suffix tree, and those drafts are short anyway
+(`spec_factor * match_length`).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+SEP, NO_TOKEN = -1, -2  # corpus separator / padding; context padding
+
+
+@struct.dataclass
+class Draft:
+    tokens_BD: jax.Array  # int32; -1 past num_B
+    num_B: jax.Array  # int32 drafted tokens per row
+    probs_BD: jax.Array  # float32 running probabilities; 0 past num_B
+    match_B: jax.Array  # int32 length of the matched suffix (0 = no match)
+
+
+def _match_lengths(context_BM: jax.Array, corpus_BX: jax.Array) -> jax.Array:
+    """ml_BX[b, c]: the longest common suffix of the context and `corpus[:c]` (<= M)."""
+    m = context_BM.shape[1]
+    run_BX = jnp.ones(corpus_BX.shape, bool)
+    ml_BX = jnp.zeros(corpus_BX.shape, jnp.int32)
+    for j in range(1, m + 1):
+        before_BX = jnp.pad(corpus_BX, ((0, 0), (j, 0)), constant_values=SEP)[:, :-j]
+        run_BX = run_BX & (before_BX == context_BM[:, m - j, None])
+        ml_BX = ml_BX + run_BX
+    return ml_BX
+
+
+def _first_positions(mask_BX: jax.Array, q: int) -> jax.Array:
+    """The first `q` positions where `mask_BX` holds, in order; -1 where fewer."""
+    x = mask_BX.shape[1]
+    score_BX = jnp.where(mask_BX, x - jnp.arange(x, dtype=jnp.int32), 0)
+    top_BQ, _ = jax.lax.top_k(score_BX, min(q, x))  # earliest positions score highest
+    pos_BQ = jnp.where(top_BQ > 0, x - top_BQ, -1)
+    return jnp.pad(pos_BQ, ((0, 0), (0, q - pos_BQ.shape[1])), constant_values=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("max_draft", "spec_factor", "min_token_prob",
+                                             "max_candidates"))
+def draft(context_BM: jax.Array, corpus_PX: jax.Array, group_B: jax.Array, budget_B: jax.Array,
+          *, max_draft: int, spec_factor: float, min_token_prob: float,
+          max_candidates: int) -> Draft:
+    """Drafts up to `max_draft` tokens per row from corpus `group_B[b]` (module docstring).
+
+    `context_BM` holds each row's last M = max_match context tokens, right-aligned, -2 before
+    a shorter context. The walk reads each candidate occurrence's next `max_draft` corpus
+    tokens once, then narrows the surviving occurrences token by token: a few fused ops per
+    drafted token, since a decode pass cannot afford many small kernels."""
+    corpus_BX = corpus_PX[group_B]
+    b, x = corpus_BX.shape
+    ml_BX = _match_lengths(context_BM, corpus_BX)
+    has_next_BX = corpus_BX >= 0
+    match_B = jnp.max(jnp.where(has_next_BX, ml_BX, 0), axis=1)
+    candidates_BX = has_next_BX & (ml_BX == match_B[:, None]) & (match_B[:, None] > 0)
+    pos_BQ = _first_positions(candidates_BX, max_candidates)
+    limit_B = jnp.minimum(jnp.minimum(budget_B, max_draft),
+                          jnp.floor(spec_factor * match_B).astype(jnp.int32))
+    # cont_BQD[b, q, j]: the j-th token after occurrence q (-1 past the corpus end).
+    idx_BQD = pos_BQ[:, :, None] + jnp.arange(max_draft)
+    cont_BQD = jnp.take_along_axis(corpus_BX, jnp.clip(idx_BQD, 0, x - 1).reshape(b, -1),
+                                   1).reshape(idx_BQD.shape)
+    cont_BQD = jnp.where((pos_BQ[:, :, None] >= 0) & (idx_BQD < x), cont_BQD, SEP)
+    big = jnp.iinfo(jnp.int32).max
+
+    alive_BQ = pos_BQ >= 0  # occurrences still on the drafted path
+    prob_B = jnp.ones((b,), jnp.float32)
+    live_B = jnp.ones((b,), bool)
+    tokens, probs = [], []
+    for j in range(max_draft):
+        tok_BQ = jnp.where(alive_BQ, cont_BQD[:, :, j], SEP)
+        valid_BQ = tok_BQ >= 0  # a continuation exists (not a sequence end)
+        count_BQ = jnp.sum((tok_BQ[:, :, None] == tok_BQ[:, None, :]) & valid_BQ[:, None, :], 2)
+        count_BQ = jnp.where(valid_BQ, count_BQ, 0)
+        best_count_B = jnp.max(count_BQ, axis=1)
+        best_B = jnp.min(jnp.where(valid_BQ & (count_BQ == best_count_B[:, None]), tok_BQ, big), 1)
+        total_B = jnp.sum(valid_BQ, axis=1)
+        prob_B = prob_B * best_count_B / jnp.maximum(total_B, 1)
+        live_B = live_B & (total_B > 0) & (prob_B >= min_token_prob) & (j < limit_B)
+        alive_BQ = alive_BQ & (tok_BQ == best_B[:, None])
+        tokens.append(jnp.where(live_B, best_B, SEP))
+        probs.append(jnp.where(live_B, prob_B, 0.0))
+    tokens_BD = jnp.stack(tokens, 1)
+    return Draft(tokens_BD, jnp.sum(tokens_BD >= 0, 1).astype(jnp.int32), jnp.stack(probs, 1),
+                 match_B)
+
+
+# ---- The rollout history (lives in the train state) and the corpus built from it ----
+
+@struct.dataclass
+class History:
+    """The rollouts of each prompt slot's last `window` appearances, newest first.
+
+    A prompt with id `i` lives in slot `i % S`; `owner_S` says which prompt a slot holds,
+    so a colliding newcomer evicts the old one instead of drafting from its rollouts."""
+    tokens_SRN: jax.Array  # int32 [S, window * G, N]; -1 past each output's length / empty
+    lengths_SR: jax.Array  # int32 output lengths; 0 = empty
+    owner_S: jax.Array  # int32 prompt id in the slot; -1 = empty
+
+    @property
+    def group(self) -> int:
+        return self.tokens_SRN.shape[1] // self.window
+
+    window: int = struct.field(pytree_node=False, default=4)
+
+
+def init_history(slots: int, window: int, group: int, max_new_tokens: int) -> History:
+    if slots < 1 or window < 1:
+        raise ValueError(f"history needs slots >= 1 and window >= 1, got {slots} and {window}")
+    return History(tokens_SRN=jnp.full((slots, window * group, max_new_tokens), SEP, jnp.int32),
+                   lengths_SR=jnp.zeros((slots, window * group), jnp.int32),
+                   owner_S=jnp.full((slots,), -1, jnp.int32), window=window)
+
+
+def mask_outputs(tokens_BN: jax.Array, lengths_B: jax.Array) -> jax.Array:
+    """Outputs with -1 (a corpus separator) past each row's length."""
+    return jnp.where(jnp.arange(tokens_BN.shape[1]) < lengths_B[:, None], tokens_BN, SEP)
+
+
+def prompt_history(history: History, prompt_ids_P: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(tokens_PRN, lengths_PR) of each prompt's past rollouts; empty where the slot holds
+    another prompt."""
+    slot_P = prompt_ids_P % history.owner_S.shape[0]
+    mine_P = history.owner_S[slot_P] == prompt_ids_P
+    tokens_PRN = jnp.where(mine_P[:, None, None], history.tokens_SRN[slot_P], SEP)
+    return tokens_PRN, jnp.where(mine_P[:, None], history.lengths_SR[slot_P], 0)
+
+
+def update_history(history: History, prompt_ids_P: jax.Array, tokens_BN: jax.Array,
+                   lengths_B: jax.Array) -> History:
+    """Pushes this step's G outputs of each prompt in front of its window (the oldest
+    appearance drops out). Of several prompts in the batch sharing a slot, the first wins."""
+    s = history.owner_S.shape[0]
+    p = prompt_ids_P.shape[0]
+    g = history.group
+    slot_P = prompt_ids_P % s
+    earlier_PP = jnp.tril(jnp.ones((p, p), bool), -1)
+    clash_P = jnp.any((slot_P[:, None] == slot_P[None, :]) & earlier_PP, axis=1)
+    old_PRN, old_len_PR = prompt_history(history, prompt_ids_P)
+    n = history.tokens_SRN.shape[2]
+    new_PGN = mask_outputs(tokens_BN[:, :n], lengths_B).reshape(p, g, n)
+    tokens_PRN = jnp.concatenate([new_PGN, old_PRN[:, :-g]], axis=1)
+    lengths_PR = jnp.concatenate([lengths_B.reshape(p, g), old_len_PR[:, :-g]], axis=1)
+    write_P = jnp.where(clash_P, s, slot_P)  # out of range: dropped
+    return history.replace(
+        tokens_SRN=history.tokens_SRN.at[write_P].set(tokens_PRN, mode="drop"),
+        lengths_SR=history.lengths_SR.at[write_P].set(lengths_PR, mode="drop"),
+        owner_S=history.owner_S.at[write_P].set(prompt_ids_P, mode="drop"))
+
+
+def _prompt_tail(prompts_PL: jax.Array, prompt_lengths_P: jax.Array, m: int,
+                 fill: int) -> jax.Array:
+    """The last `m` prompt tokens, right-aligned, `fill` before a shorter prompt."""
+    idx_PM = prompt_lengths_P[:, None] - m + jnp.arange(m)
+    tail = jnp.take_along_axis(prompts_PL, jnp.maximum(idx_PM, 0), 1)
+    return jnp.where(idx_PM >= 0, tail, fill)
+
+
+def build_corpus(prompts_PL: jax.Array, prompt_lengths_P: jax.Array, live_PGN: jax.Array,
+                 history_PRN: jax.Array, max_match: int) -> jax.Array:
+    """corpus_PX: own prompt | each live output | each past output, each output preceded by
+    the prompt's last `max_match` tokens and every sequence followed by a separator.
+    `live_PGN` and `history_PRN` are -1 past each output's length."""
+    p, l = prompts_PL.shape
+    prompt_P1L = jnp.where(jnp.arange(l) < prompt_lengths_P[:, None], prompts_PL, SEP)
+    tail_PM = _prompt_tail(prompts_PL, prompt_lengths_P, max_match, SEP)
+    outputs_PRN = jnp.concatenate([live_PGN, history_PRN], axis=1)
+    r = outputs_PRN.shape[1]
+    seqs_PRY = jnp.concatenate([jnp.broadcast_to(tail_PM[:, None], (p, r, max_match)),
+                                outputs_PRN, jnp.full((p, r, 1), SEP, jnp.int32)], axis=2)
+    return jnp.concatenate([prompt_P1L, jnp.full((p, 1), SEP, jnp.int32),
+                            seqs_PRY.reshape(p, -1)], axis=1)
+
+
+def contexts(prompts_BL: jax.Array, prompt_lengths_B: jax.Array, outputs_BN: jax.Array,
+             output_lengths_B: jax.Array, m: int) -> jax.Array:
+    """context_BM: the last `m` tokens of prompt + output so far, right-aligned, -2 before."""
+    l = prompts_BL.shape[1]
+    idx_BM = prompt_lengths_B[:, None] + output_lengths_B[:, None] - m + jnp.arange(m)
+    from_prompt = jnp.take_along_axis(prompts_BL, jnp.clip(idx_BM, 0, l - 1), 1)
+    out_idx_BM = idx_BM - prompt_lengths_B[:, None]
+    from_output = jnp.take_along_axis(outputs_BN, jnp.clip(out_idx_BM, 0, outputs_BN.shape[1] - 1), 1)
+    ctx_BM = jnp.where(out_idx_BM >= 0, from_output, from_prompt)
+    return jnp.where(idx_BM >= 0, ctx_BM, NO_TOKEN)

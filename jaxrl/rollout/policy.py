@@ -1,0 +1,89 @@
+"""The length-aware draft budget policy of DAS, and the verification-width cost model.
+
+Rollout time is set by the longest generations, so drafts are spent where the tail is:
+prompts whose past rollouts were long get the biggest budget, and every budget grows as
+rows finish, since a decode step over few rows is memory-bound and verifying more tokens
+per row costs almost nothing there. Each pass then picks one verification width among a
+few compiled ones by expected tokens per second under `t = c_base + c_tok * tokens`.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SHORT, MEDIUM, LONG = 0, 1, 2
+CLASS_NAMES = ("short", "medium", "long")
+
+
+def length_classes(lengths_PR: jax.Array, long_frac: float, medium_frac: float) -> jax.Array:
+    """Class of each prompt by the rank of its mean past rollout length among the prompts
+    that have history: the top `long_frac` are LONG, the next `medium_frac` MEDIUM, the
+    rest SHORT. A prompt without history is MEDIUM. `lengths_PR` is 0 where empty."""
+    p = lengths_PR.shape[0]
+    count_P = jnp.sum(lengths_PR > 0, axis=1)
+    has_P = count_P > 0
+    mean_P = jnp.where(has_P, lengths_PR.sum(1) / jnp.maximum(count_P, 1), -1.0)
+    # Rank 0 = longest; ties go to the earlier prompt, so ranks are a permutation.
+    earlier_PP = jnp.arange(p)[None, :] < jnp.arange(p)[:, None]
+    longer_PP = (mean_P[None, :] > mean_P[:, None]) | ((mean_P[None, :] == mean_P[:, None])
+                                                       & earlier_PP)
+    rank_P = jnp.sum(longer_PP & has_P[None, :], axis=1)
+    frac_P = rank_P / jnp.maximum(has_P.sum(), 1)
+    cls_P = jnp.where(frac_P < long_frac, LONG,
+                      jnp.where(frac_P < long_frac + medium_frac, MEDIUM, SHORT))
+    return jnp.where(has_P, cls_P, MEDIUM).astype(jnp.int32)
+
+
+def tail_boost(active: jax.Array, batch: int) -> jax.Array:
+    """The largest power of two <= batch / active (1 while at least half the rows run)."""
+    ratio = batch / jnp.maximum(active, 1)
+    return jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(ratio, 1.0)))).astype(jnp.int32)
+
+
+def draft_budgets(class_B: jax.Array, active: jax.Array, batch: int,
+                  class_budgets: tuple[int, int, int], max_draft: int,
+                  length_aware: bool) -> jax.Array:
+    """Per-row draft budget: the class budget times the tail boost, at most `max_draft`.
+    Without length awareness every row gets the medium budget, never boosted."""
+    if not length_aware:
+        return jnp.full(class_B.shape, min(class_budgets[MEDIUM], max_draft), jnp.int32)
+    base_B = jnp.asarray(class_budgets, jnp.int32)[class_B]
+    return jnp.minimum(base_B * tail_boost(active, batch), max_draft)
+
+
+def choose_width(probs_BD: jax.Array, live_B: jax.Array, widths: tuple[int, ...], rows: int,
+                 cost_base: float, cost_per_token: float) -> jax.Array:
+    """Index into `widths` (drafted tokens verified per row) that maximises expected tokens
+    per second. A draft token's running probability estimates the chance that it and all
+    before it are accepted, so a row expects 1 + sum of its first k probabilities."""
+    cum_BD = jnp.cumsum(probs_BD, axis=1)
+    expected_W = jnp.stack([
+        jnp.sum(live_B * (1.0 + (cum_BD[:, k - 1] if k else 0.0))) for k in widths])
+    seconds_W = jnp.asarray([cost_base + cost_per_token * rows * (k + 1) for k in widths])
+    return jnp.argmax(expected_W / seconds_W).astype(jnp.int32)
+
+
+def fit_cost_model(tokens: np.ndarray, seconds: np.ndarray) -> tuple[float, float]:
+    """Least-squares `(c_base, c_tok)` of `seconds = c_base + c_tok * tokens`, both >= 0."""
+    a = np.stack([np.ones_like(tokens, dtype=np.float64), np.asarray(tokens, np.float64)], 1)
+    (c_base, c_tok), *_ = np.linalg.lstsq(a, np.asarray(seconds, np.float64), rcond=None)
+    return max(float(c_base), 0.0), max(float(c_tok), 1e-12)
+
+
+def measure_cost_model(forward, rows_list: tuple[int, ...], widths: tuple[int, ...],
+                       repeats: int = 5) -> tuple[float, float]:
+    """Times `forward(rows, width)` (a callable that runs one verification pass over `rows`
+    rows and `width + 1` tokens each and blocks until done) and fits the cost model."""
+    tokens, seconds = [], []
+    for rows in rows_list:
+        for k in widths:
+            forward(rows, k)  # compile and warm up
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                forward(rows, k)
+            seconds.append((time.perf_counter() - t0) / repeats)
+            tokens.append(rows * (k + 1))
+    return fit_cost_model(np.asarray(tokens), np.asarray(seconds))

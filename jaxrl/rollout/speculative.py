@@ -1,0 +1,250 @@
+"""Lossless speculative decoding from rollout history (DAS), with finished rows compacted.
+
+Each pass drafts up to `k` tokens per row (`drafter.draft`), runs the policy once over
+`[last token, draft_1 .. draft_k]` at each row's own cache offset, and keeps the longest
+draft prefix whose tokens equal the position-keyed samples, plus the next sample (the
+bonus token). The samples come from the same rule as plain decoding
+(`kernels/sampling.py`), so the tokens are the ones plain decoding picks from the same
+logits (ARCHITECTURE.md, invariant 1). Rejected positions are rolled back by setting the
+row's cache length; their stale keys are never read and get overwritten.
+
+Finished rows stop costing compute: the batch runs in buckets of B, B/2, B/4, ... rows;
+once the live rows fit the next bucket they are gathered into it (cache included), and
+results are written back to the full-batch arrays by row index.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxrl.models.decoder import Decoder
+from jaxrl.models.kv_cache import init_cache
+from jaxrl.rollout import drafter, policy
+from jaxrl.rollout.decode import Rollout, _validate
+from jaxrl.rollout.sampling import SamplingParams, position_keys, sample
+from kernels import spec_verify
+
+
+VERIFY_IMPLS = ("auto", "pallas", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecConfig:
+    """Static settings of speculative rollouts (`config.rollout` in the GRPO config)."""
+
+    widths: tuple[int, ...] = (0, 4, 8, 16)  # drafted tokens verified per row, one compile each
+    max_match: int = 16  # longest context suffix matched against the corpus
+    spec_factor: float = 1.0  # draft at most spec_factor * match_length tokens
+    min_token_prob: float = 0.1  # stop drafting below this running probability
+    max_candidates: int = 64  # occurrences of the matched pattern counted per row
+    length_aware: bool = True
+    class_budgets: tuple[int, int, int] = (4, 8, 16)  # short, medium, long
+    long_frac: float = 0.2
+    medium_frac: float = 0.4
+    compaction: bool = True
+    min_bucket: int = 8  # smallest bucket of rows
+    cost_base: float = 1.0  # verification pass cost model, t = cost_base + cost_per_token *
+    cost_per_token: float = 0.01  # tokens (any unit: only the ratio matters)
+    verify_impl: str = "auto"  # auto | pallas | reference (kernels/spec_verify.py)
+
+    @property
+    def max_draft(self) -> int:
+        return max(self.widths)
+
+    def validate(self) -> "SpecConfig":
+        if not self.widths or min(self.widths) < 0 or len(set(self.widths)) != len(self.widths):
+            raise ValueError(f"rollout.widths must be distinct ints >= 0, got {self.widths}")
+        if self.max_match < 1 or self.max_candidates < 1 or self.min_bucket < 1:
+            raise ValueError("rollout.max_match, max_candidates and min_bucket must be >= 1, got "
+                             f"{self.max_match}, {self.max_candidates}, {self.min_bucket}")
+        if not 0.0 <= self.min_token_prob <= 1.0 or self.spec_factor <= 0:
+            raise ValueError(f"rollout.min_token_prob must be in [0, 1] and spec_factor > 0, got "
+                             f"{self.min_token_prob} and {self.spec_factor}")
+        if len(self.class_budgets) != 3 or min(self.class_budgets) < 0:
+            raise ValueError(f"rollout.class_budgets must be 3 ints >= 0 (short, medium, long), "
+                             f"got {self.class_budgets}")
+        if not (0 <= self.long_frac and 0 <= self.medium_frac and self.long_frac + self.medium_frac <= 1):
+            raise ValueError(f"rollout.long_frac + medium_frac must lie in [0, 1], got "
+                             f"{self.long_frac} + {self.medium_frac}")
+        if self.cost_base < 0 or self.cost_per_token <= 0:
+            raise ValueError(f"rollout.cost_base must be >= 0 and cost_per_token > 0, got "
+                             f"{self.cost_base} and {self.cost_per_token}")
+        if self.verify_impl not in VERIFY_IMPLS:
+            raise ValueError(f"rollout.verify_impl={self.verify_impl!r}; valid: {VERIFY_IMPLS}")
+        return self
+
+
+@struct.dataclass
+class SpecStats:
+    """What the passes did; per-class arrays are indexed by `policy.CLASS_NAMES`."""
+
+    passes: jax.Array  # int32: verification passes
+    row_passes: jax.Array  # int32: live rows summed over passes (a plain decode's steps)
+    drafted: jax.Array  # int32: draft tokens verified
+    accepted: jax.Array  # int32: draft tokens accepted
+    drafted_C: jax.Array  # int32 [3]
+    accepted_C: jax.Array  # int32 [3]
+    rows_C: jax.Array  # int32 [3] rows of each class
+    active_N: jax.Array  # int32: live rows at each pass; -1 past `passes`
+    bucket_N: jax.Array  # int32: bucket size (rows computed) at each pass; 0 past `passes`
+    width_N: jax.Array  # int32: drafted tokens verified per row at each pass
+
+
+@struct.dataclass
+class _Out:
+    """The full-batch results, written by row index."""
+
+    tokens_BN: jax.Array
+    logprobs_BN: jax.Array
+    sample_logprobs_BN: jax.Array
+    lengths_B: jax.Array
+    stopped_B: jax.Array
+
+
+def _bucket_sizes(b: int, spec: SpecConfig) -> list[int]:
+    if not spec.compaction:
+        return [b]
+    sizes = [b]
+    while sizes[-1] > spec.min_bucket:
+        nxt = 1 << ((sizes[-1] - 1).bit_length() - 1)  # the power of two below
+        if nxt < spec.min_bucket:
+            break
+        sizes.append(nxt)
+    return sizes
+
+
+@functools.partial(jax.jit, static_argnames=("model", "spec", "max_new_tokens", "stop_tokens",
+                                             "pad_id", "group"))
+def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: jax.Array,
+             uids_B: jax.Array, base_key: jax.Array, sampling: SamplingParams,
+             history_PRN: jax.Array, class_P: jax.Array, *, spec: SpecConfig,
+             max_new_tokens: int, stop_tokens: tuple[int, ...] = (), pad_id: int = 0,
+             group: int = 1) -> tuple[Rollout, SpecStats]:
+    """Same tokens as `decode.generate`, drafting from each group's live outputs and from
+    `history_PRN` (the past outputs of each of the P = B / group prompts, -1 padded; rows of
+    prompt p are `p*group .. p*group+group-1`). `class_P` is each prompt's length class."""
+    _validate(prompts_BL, prompt_lengths_B, max_new_tokens)
+    b, l = prompts_BL.shape
+    if b % group:
+        raise ValueError(f"batch {b} is not a multiple of group {group}")
+    n, g, kmax = max_new_tokens, group, spec.max_draft
+    stop_S = jnp.asarray(stop_tokens or (-1,), jnp.int32)
+    apply = functools.partial(model.apply, {"params": params})
+    group_B = jnp.arange(b, dtype=jnp.int32) // g
+    class_B = class_P[group_B]
+    prompts_PL, plen_P = prompts_BL[::g], prompt_lengths_B[::g]
+
+    cache = init_cache(model.cfg, b, l + n + kmax + 1)
+    logits_B1V, cache = apply(prompts_BL, cache=cache, prefill=True,
+                              logits_at_BK=(prompt_lengths_B - 1)[:, None])
+    cache = cache.replace(lengths_B=prompt_lengths_B.astype(jnp.int32))
+    first = sample(logits_B1V[:, 0], sampling, base_key, uids_B, jnp.zeros((b,), jnp.int32))
+    stopped_B = jnp.isin(first.tokens_B, stop_S)
+    out = _Out(tokens_BN=jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(first.tokens_B),
+               logprobs_BN=jnp.zeros((b, n), jnp.float32).at[:, 0].set(first.logprobs_B),
+               sample_logprobs_BN=jnp.zeros((b, n), jnp.float32).at[:, 0].set(
+                   first.sample_logprobs_B),
+               lengths_B=jnp.ones((b,), jnp.int32), stopped_B=stopped_B)
+    zeros3 = jnp.zeros((3,), jnp.int32)
+    stats = SpecStats(passes=jnp.int32(0), row_passes=jnp.int32(0), drafted=jnp.int32(0),
+                      accepted=jnp.int32(0), drafted_C=zeros3, accepted_C=zeros3,
+                      rows_C=jnp.bincount(class_B, length=3).astype(jnp.int32),
+                      active_N=jnp.full((n,), -1, jnp.int32), bucket_N=jnp.zeros((n,), jnp.int32),
+                      width_N=jnp.zeros((n,), jnp.int32))
+
+    def live_of(out, rows_R):
+        return ~out.stopped_B[rows_R] & (out.lengths_B[rows_R] < n)
+
+    def verify_pass(k, rows_R, cache, last_R, d, t0_R):
+        """One forward over [last, draft_1..draft_k]; outputs padded to kmax + 1 columns."""
+        r = rows_R.shape[0]
+        drafts_RK = jnp.where(jnp.arange(k) < d.num_B[:, None], d.tokens_BD[:, :k], pad_id)
+        logits_RTV, cache = apply(jnp.concatenate([last_R[:, None], drafts_RK], 1), cache=cache)
+        t_RT = t0_R[:, None] + jnp.arange(k + 1)
+        keys_RT2 = position_keys(base_key, jnp.repeat(uids_B[rows_R], k + 1),
+                                 t_RT.reshape(-1)).reshape(r, k + 1, 2)
+        s = sampling.take(rows_R)
+        tokens_RT, accepted_R, lp_RT, slp_RT = spec_verify.verify(
+            logits_RTV, drafts_RK, jnp.minimum(d.num_B, k), s.temperature_B, s.top_k_B,
+            s.top_p_B, keys_RT2, impl=spec.verify_impl)
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, kmax - k)))  # noqa: E731
+        return cache, pad(tokens_RT), accepted_R, pad(lp_RT), pad(slp_RT)
+
+    def one_pass(carry, size):
+        rows_R, cache, last_R, out, stats = carry
+        live_R = live_of(out, rows_R)
+        t0_R = out.lengths_B[rows_R]
+        active = jnp.sum(~out.stopped_B & (out.lengths_B < n))
+        ctx_RM = drafter.contexts(prompts_BL[rows_R], prompt_lengths_B[rows_R],
+                                  out.tokens_BN[rows_R], t0_R, spec.max_match)
+        live_PGN = drafter.mask_outputs(out.tokens_BN, out.lengths_B).reshape(-1, g, n)
+        corpus_PX = drafter.build_corpus(prompts_PL, plen_P, live_PGN, history_PRN, spec.max_match)
+        budget_R = policy.draft_budgets(class_B[rows_R], active, b, spec.class_budgets,
+                                        kmax, spec.length_aware)
+        d = drafter.draft(ctx_RM, corpus_PX, group_B[rows_R], jnp.where(live_R, budget_R, 0),
+                          max_draft=kmax, spec_factor=spec.spec_factor,
+                          min_token_prob=spec.min_token_prob, max_candidates=spec.max_candidates)
+        w = policy.choose_width(d.probs_BD, live_R, spec.widths, size, spec.cost_base,
+                                spec.cost_per_token)
+        branches = [functools.partial(verify_pass, k) for k in spec.widths]
+        new_cache, tokens_RT, accepted_R, lp_RT, slp_RT = jax.lax.switch(
+            w, branches, rows_R, cache, last_R, d, t0_R)
+        k_R = jnp.minimum(d.num_B, jnp.asarray(spec.widths)[w])
+
+        # Emit the accepted drafts and the bonus token, cut at a stop token and at n.
+        j_T = jnp.arange(kmax + 1)
+        emit_R = accepted_R + 1
+        is_stop_RT = jnp.isin(tokens_RT, stop_S) & (j_T < emit_R[:, None])
+        first_stop_R = jnp.argmax(is_stop_RT, axis=1)
+        stops_R = jnp.any(is_stop_RT, axis=1)
+        emit_R = jnp.where(stops_R, first_stop_R + 1, emit_R)
+        emit_R = jnp.where(live_R, jnp.minimum(emit_R, n - t0_R), 0)
+        keep_RT = j_T < emit_R[:, None]
+        cols_RT = jnp.where(keep_RT, t0_R[:, None] + j_T, n)  # n: dropped
+        put = lambda a_BN, x_RT: a_BN.at[rows_R[:, None], cols_RT].set(x_RT, mode="drop")  # noqa: E731
+        out = out.replace(tokens_BN=put(out.tokens_BN, tokens_RT),
+                          logprobs_BN=put(out.logprobs_BN, lp_RT),
+                          sample_logprobs_BN=put(out.sample_logprobs_BN, slp_RT),
+                          lengths_B=out.lengths_B.at[rows_R].set(t0_R + emit_R),
+                          stopped_B=out.stopped_B.at[rows_R].set(
+                              out.stopped_B[rows_R] | (live_R & stops_R)))
+        cache = new_cache.replace(lengths_B=cache.lengths_B + emit_R)
+        last_R = jnp.where(live_R, jnp.take_along_axis(
+            tokens_RT, jnp.maximum(emit_R - 1, 0)[:, None], 1)[:, 0], last_R)
+
+        drafted_R = jnp.where(live_R, k_R, 0)
+        taken_R = jnp.minimum(accepted_R, jnp.maximum(emit_R - 1, 0))  # cut at a stop or n
+        onehot_RC = jax.nn.one_hot(class_B[rows_R], 3, dtype=jnp.int32)
+        i = stats.passes
+        stats = stats.replace(
+            passes=i + 1, row_passes=stats.row_passes + live_R.sum(),
+            drafted=stats.drafted + drafted_R.sum(), accepted=stats.accepted + taken_R.sum(),
+            drafted_C=stats.drafted_C + drafted_R @ onehot_RC,
+            accepted_C=stats.accepted_C + taken_R @ onehot_RC,
+            active_N=stats.active_N.at[i].set(active, mode="drop"),
+            bucket_N=stats.bucket_N.at[i].set(size, mode="drop"),
+            width_N=stats.width_N.at[i].set(jnp.asarray(spec.widths)[w], mode="drop"))
+        return rows_R, cache, last_R, out, stats
+
+    sizes = _bucket_sizes(b, spec)
+    carry = (jnp.arange(b, dtype=jnp.int32), cache, first.tokens_B, out, stats)
+    for level, size in enumerate(sizes):
+        if level:  # live rows first (stable), then as many finished ones as fill the bucket
+            rows_R, cache, last_R, out, stats = carry
+            order_R = jnp.argsort(~live_of(out, rows_R), stable=True)[:size]
+            carry = (rows_R[order_R], jax.tree.map(lambda a: a[order_R], cache),
+                     last_R[order_R], out, stats)
+        fits_next = sizes[level + 1] if level + 1 < len(sizes) else 0
+
+        def cond(carry, fits_next=fits_next):
+            rows_R, _, _, out, stats = carry
+            return (jnp.sum(live_of(out, rows_R)) > fits_next) & (stats.passes < n)
+
+        carry = jax.lax.while_loop(cond, functools.partial(one_pass, size=size), carry)
+    _, _, _, out, stats = carry
+    return Rollout(out.tokens_BN, out.lengths_B, out.logprobs_BN, out.sample_logprobs_BN,
+                   out.stopped_B), stats

@@ -1,0 +1,123 @@
+"""Speculative rollouts give exactly the plain decoder's tokens (ARCHITECTURE.md, invariant 1).
+
+The reference is `decode.generate`, the non-speculative loop. A tiny float32 model with
+scaled-up weights has peaked logits, so its outputs repeat across seeds and the history
+drafts are often right: the checks below also assert that drafts were accepted and that
+passes were saved, so the identity is tested on real speculation, not on empty drafts.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl.models.config import preset
+from jaxrl.models.decoder import Decoder, init_params
+from jaxrl.rollout import drafter, speculative
+from jaxrl.rollout.decode import generate
+from jaxrl.rollout.policy import MEDIUM
+from jaxrl.rollout.sampling import SamplingParams
+
+N_NEW = 24
+STOP = (7, 48)
+
+
+@pytest.fixture(scope="module")
+def model_params():
+    cfg = preset("tiny", dtype="float32", param_dtype="float32")
+    return Decoder(cfg), jax.tree.map(lambda x: 3.0 * x, init_params(cfg, jax.random.key(0)))
+
+
+def make_prompts(p, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 9, p).astype(np.int32)
+    prompts = rng.integers(10, 128, (p, lengths.max())).astype(np.int32)
+    prompts[np.arange(lengths.max())[None, :] >= lengths[:, None]] = 0
+    return prompts, lengths
+
+
+def plain(model, params, prompts_BL, lengths_B, key, sampling):
+    b = prompts_BL.shape[0]
+    return generate(model, params, jnp.asarray(prompts_BL), jnp.asarray(lengths_B),
+                    jnp.arange(b, dtype=jnp.int32), key, sampling, max_new_tokens=N_NEW,
+                    stop_tokens=STOP)
+
+
+def history_from(runs, p, g):
+    """[P, R, N] past outputs from plain runs of the same batch (other seeds)."""
+    per_run = [np.asarray(drafter.mask_outputs(r.tokens_BN, r.lengths_B)).reshape(p, g, -1)
+               for r in runs]
+    return jnp.asarray(np.concatenate(per_run, axis=1))
+
+
+CASES = [  # (P, G, temperature, top_k, top_p, spec overrides)
+    (2, 4, 1.0, 0, 1.0, dict(widths=(0, 2, 4))),
+    (2, 4, 0.0, 0, 1.0, dict(widths=(0, 4), compaction=False)),
+    (3, 2, 0.7, 5, 0.9, dict(widths=(0, 3, 8), length_aware=False)),
+    (4, 4, 1.0, 0, 0.8, dict(widths=(0, 2, 4), min_bucket=2, cost_base=0.0)),
+]
+
+
+@pytest.mark.parametrize("p,g,temperature,top_k,top_p,overrides", CASES)
+def test_speculative_equals_plain(model_params, p, g, temperature, top_k, top_p, overrides):
+    model, params = model_params
+    prompts_PL, lengths_P = make_prompts(p)
+    prompts_BL, lengths_B = np.repeat(prompts_PL, g, 0), np.repeat(lengths_P, g)
+    b = p * g
+    sampling = SamplingParams.make(b, temperature, top_k, top_p)
+    key = jax.random.key(1)
+    want = plain(model, params, prompts_BL, lengths_B, key, sampling)
+    # History: this batch's rollouts under two other seeds and under this one (a policy
+    # whose outputs repeat exactly), so drafts are accepted in full, in part and not at all.
+    history = history_from([plain(model, params, prompts_BL, lengths_B, jax.random.key(s),
+                                  sampling) for s in (2, 1, 3)], p, g)
+    spec = speculative.SpecConfig(verify_impl="reference", **overrides).validate()
+    got, stats = speculative.generate(
+        model, params, jnp.asarray(prompts_BL), jnp.asarray(lengths_B),
+        jnp.arange(b, dtype=jnp.int32), key, sampling, history,
+        jnp.full((p,), MEDIUM, jnp.int32), spec=spec, max_new_tokens=N_NEW,
+        stop_tokens=STOP, group=g)
+
+    np.testing.assert_array_equal(got.tokens_BN, want.tokens_BN)
+    np.testing.assert_array_equal(got.lengths_B, want.lengths_B)
+    np.testing.assert_array_equal(got.finished_B, want.finished_B)
+    np.testing.assert_allclose(got.logprobs_BN, want.logprobs_BN, atol=1e-5)
+    np.testing.assert_allclose(got.sample_logprobs_BN, want.sample_logprobs_BN, atol=1e-5)
+    # Power: rows stop at different lengths, drafts were accepted, passes were saved.
+    assert len(set(np.asarray(want.lengths_B).tolist())) > 1
+    assert int(stats.accepted) > 0
+    emitted = int(np.asarray(want.lengths_B).sum()) - b  # tokens after the first
+    assert int(stats.row_passes) + int(stats.accepted) == emitted
+    assert int(stats.passes) < int(np.asarray(want.lengths_B).max()) - 1
+    assert (np.asarray(stats.active_N)[:int(stats.passes)] > 0).all()
+
+
+def test_compaction_shrinks_buckets(model_params):
+    model, params = model_params
+    p, g = 4, 4
+    prompts_PL, lengths_P = make_prompts(p, seed=3)
+    prompts_BL, lengths_B = np.repeat(prompts_PL, g, 0), np.repeat(lengths_P, g)
+    sampling = SamplingParams.make(p * g, 1.0)
+    key = jax.random.key(5)
+    want = plain(model, params, prompts_BL, lengths_B, key, sampling)
+    empty = jnp.full((p, 1, N_NEW), -1, jnp.int32)
+    spec = speculative.SpecConfig(widths=(0, 4), min_bucket=2, verify_impl="reference")
+    got, stats = speculative.generate(
+        model, params, jnp.asarray(prompts_BL), jnp.asarray(lengths_B),
+        jnp.arange(p * g, dtype=jnp.int32), key, sampling, empty,
+        jnp.full((p,), MEDIUM, jnp.int32), spec=spec, max_new_tokens=N_NEW,
+        stop_tokens=STOP, group=g)
+    np.testing.assert_array_equal(got.tokens_BN, want.tokens_BN)
+    passes = int(stats.passes)
+    buckets = np.asarray(stats.bucket_N)[:passes]
+    active = np.asarray(stats.active_N)[:passes]
+    assert (np.diff(buckets) <= 0).all() and buckets[-1] < p * g  # it did shrink
+    assert (active <= buckets).all()  # every live row was in the bucket
+
+
+def test_spec_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="rollout.widths"):
+        speculative.SpecConfig(widths=(0, 4, 4)).validate()
+    with pytest.raises(ValueError, match="rollout.verify_impl"):
+        speculative.SpecConfig(verify_impl="triton").validate()
+    with pytest.raises(ValueError, match="long_frac"):
+        speculative.SpecConfig(long_frac=0.8, medium_frac=0.4).validate()
