@@ -133,7 +133,8 @@ def make_config(args, vocab_size: int) -> Node:
     return Node(
         seed=args.seed,
         data=Node(source="embedded"),
-        task=Node(name=args.task, difficulty=args.difficulty, max_steps=0),
+        task=Node(name=args.task, difficulty=args.difficulty, max_steps=0, train_pool=0),
+        rollout=Node(speculative=False, attention_impl="reference"),
         model=Node(preset=args.preset, path="", dtype=args.dtype, param_dtype=args.param_dtype,
                    vocab_size=vocab_size),
         optim=Node(warmup_steps=args.warmup_steps, weight_decay=0.0, b1=0.9, b2=0.99,

@@ -58,6 +58,8 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each rollout per step")
     p.add_argument("--ablations", default="no_length_aware,no_compaction,window_1,window_16",
                    help="comma list; '' for none")
+    p.add_argument("--widths", default="0,4,8,16", help="verification widths (one compile each)")
+    p.add_argument("--min-bucket", type=int, default=8)
     p.add_argument("--fit-cost-model", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default="rollout_bench")
@@ -66,11 +68,16 @@ def parse_args(argv):
 
 def variants(args) -> dict[str, tuple[SpecConfig, int]]:
     """name -> (spec, window). The default DAS settings are configs/grpo.py's."""
-    base = SpecConfig()
+    base = SpecConfig(widths=tuple(int(w) for w in args.widths.split(",")),
+                      min_bucket=args.min_bucket)
     out = {"das": (base, 4)}
     table = {"no_length_aware": (dataclasses.replace(base, length_aware=False), 4),
              "no_compaction": (dataclasses.replace(base, compaction=False), 4),
-             "window_1": (base, 1), "window_16": (base, 16)}
+             "window_1": (base, 1), "window_16": (base, 16),
+             # The kernels (kernels/): DAS with the XLA verification instead of the Pallas
+             # one, and with the Pallas ragged attention in the cached passes.
+             "xla_verify": (dataclasses.replace(base, verify_impl="reference"), 4),
+             "pallas_attention": (base, 4)}
     for name in filter(None, args.ablations.split(",")):
         if name not in table:
             raise SystemExit(f"--ablations: unknown {name!r}; valid: {sorted(table)}")
@@ -140,13 +147,15 @@ def main(argv=None):
         mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
         rows = args.pool * g
         c_base, c_tok = policy.measure_cost_model(verification_timer(model, rows, mesh),
-                                                  (rows, max(rows // 8, 1)), SpecConfig().widths)
+                                                  (rows, max(rows // 8, 1)), vs["das"][0].widths)
         report["cost_model"] = {"c_base_s": c_base, "c_tok_s": c_tok}
         log(f"cost model: {1e3 * c_base:.3f} ms + {1e6 * c_tok:.3f} us/token")
         vs = {k: (dataclasses.replace(s, cost_base=c_base, cost_per_token=c_tok), w)
               for k, (s, w) in vs.items()}
-    spec_jits = {name: jax.jit(lambda st, p, l, i, spec=spec: grpo.rollout_phase(
-        model, rl, st, p, l, i, spec=spec, **kw)) for name, (spec, _) in vs.items()}
+    models = {name: Decoder(cfg, attention_impl="pallas" if name == "pallas_attention"
+                            else "reference") for name in vs}
+    spec_jits = {name: jax.jit(lambda st, p, l, i, spec=spec, m=models[name]: grpo.rollout_phase(
+        m, rl, st, p, l, i, spec=spec, **kw)) for name, (spec, _) in vs.items()}
     update_jit = jax.jit(lambda st, p, l, i, out, r: grpo.update_phase(model, rl, st, p, l, i, out, r))
     reward_jit = jax.jit(lambda out, t: reward(out.tokens_BN, out.lengths_B, out.finished_B,
                                                grpo.repeat_groups(t, g)))

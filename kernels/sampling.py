@@ -5,8 +5,10 @@ A position key is two uint32 words (the key data of `fold_in(fold_in(seed, uid),
 Gumbel noise of vocabulary entry `i` at that position is a keyed integer hash of `i`:
 
     x = mix32(mix32(i * 0x9E3779B9 + key[0]) ^ key[1])     (uint32, wrapping)
-    u = ((x >> 8) + 0.5) / 2**24                            (in (0, 1), exact in float32)
+    u = ((x >> 9) + 0.5) / 2**23                            (in (0, 1), exact in float32)
     g = -log(-log(u))
+
+(23 bits, not 24: float32(2**24 - 0.5) rounds to 2**24, which would make u = 1 and g = +inf.)
 
 `mix32` is Wellons' lowbias32. Integer steps are exact on every backend, so a kernel gets
 the same noise as this reference; two hash rounds cost ~12 integer ops per entry where
@@ -33,12 +35,20 @@ def mix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
+def position_hash(index: jax.Array, key0: jax.Array, key1: jax.Array) -> jax.Array:
+    """The uint32 hash of vocabulary entries `index` (uint32) at position key `(key0, key1)`."""
+    return mix32(mix32(index * jnp.uint32(GOLDEN) + key0) ^ key1)
+
+
+def uniform_from_hash(x: jax.Array) -> jax.Array:
+    """float32 in (0, 1): the top 23 bits plus one half, exact (max 1 - 2**-24, min 2**-24)."""
+    return ((x >> 9).astype(jnp.float32) + 0.5) * (1.0 / (1 << 23))
+
+
 def gumbel_from_index(index: jax.Array, key0: jax.Array, key1: jax.Array) -> jax.Array:
     """Gumbel noise (float32) of vocabulary entries `index` (uint32) at position key
     `(key0, key1)`; all three broadcast."""
-    x = mix32(mix32(index * jnp.uint32(GOLDEN) + key0) ^ key1)
-    u = ((x >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
-    return -jnp.log(-jnp.log(u))
+    return -jnp.log(-jnp.log(uniform_from_hash(position_hash(index, key0, key1))))
 
 
 def gumbel_noise(keys_B2: jax.Array, vocab: int) -> jax.Array:

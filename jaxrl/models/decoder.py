@@ -18,8 +18,7 @@ import jax.numpy as jnp
 
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.kv_cache import KVCache
-
-_NEG = -1e30  # finite, so a fully masked (padding) query row gives no NaN
+from kernels.ragged_attention import IMPLS, attend_reference, ragged_attention
 
 
 def _init(axes):
@@ -71,22 +70,9 @@ class RMSNorm(nn.Module):
         return scale.astype(self.dtype) * x32.astype(self.dtype)
 
 
-def attend(q_BTHD: jax.Array, k_BKSD: jax.Array, v_BKSD: jax.Array,
-           mask_BTS: jax.Array) -> jax.Array:
-    """Grouped-query attention: softmax in float32, masked keys get zero weight."""
-    b, t, h, d = q_BTHD.shape
-    kv = k_BKSD.shape[1]
-    q_BKGTD = q_BTHD.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)
-    scores = jnp.einsum("bkgtd,bksd->bkgts", q_BKGTD, k_BKSD,
-                        preferred_element_type=jnp.float32) / math.sqrt(d)
-    scores = jnp.where(mask_BTS[:, None, None], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSD.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v_BKSD)
-    return out.reshape(b, t, h * d)
-
-
 class Attention(nn.Module):
     cfg: ModelConfig
+    attention_impl: str = "reference"
 
     @nn.compact
     def __call__(self, x_BTE, positions_BT, mask_BTS, cache: KVCache | None, layer: int,
@@ -109,12 +95,18 @@ class Attention(nn.Module):
         q = apply_rope(q, positions_BT, inv_freq)
         k = apply_rope(k, positions_BT, inv_freq)
         if cache is not None:
+            # Writes at the old lengths_B: the new tokens sit at slots lengths_B + t, and
+            # lengths_B advances only after the last layer (Decoder.__call__).
             cache = cache.write(layer, k, v)
         if cache is not None and attend_cache:
             k, v = cache.k[layer], cache.v[layer]
         else:
             k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-        out = attend(q, k, v, mask_BTS)
+        if cache is not None and attend_cache and self.attention_impl != "reference":
+            out = ragged_attention(q, k, v, cache.lengths_B, cache.starts_B,
+                                   impl=self.attention_impl)
+        else:
+            out = attend_reference(q, k, v, mask_BTS)
         out = dense(cfg.hidden_size, ("heads", "embed"), False, "o_proj")(out)
         return out, cache
 
@@ -135,13 +127,14 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     cfg: ModelConfig
+    attention_impl: str = "reference"
 
     @nn.compact
     def __call__(self, x_BTE, positions_BT, mask_BTS, cache, layer, attend_cache):
         cfg = self.cfg
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype,  # noqa: E731
                                     name=name)
-        attn_out, cache = Attention(cfg, name="attn")(
+        attn_out, cache = Attention(cfg, self.attention_impl, name="attn")(
             norm("attn_norm")(x_BTE), positions_BT, mask_BTS, cache, layer, attend_cache)
         x_BTE = x_BTE + attn_out
         x_BTE = x_BTE + MLP(cfg, name="mlp")(norm("mlp_norm")(x_BTE))
@@ -173,6 +166,9 @@ def _masks(tokens_BT, cache, attention_mask_BT, positions_BT, prefill):
 
 class Decoder(nn.Module):
     cfg: ModelConfig
+    # How a cached step attends to the cache (`kernels.ragged_attention.IMPLS`): "reference"
+    # masks all S_max slots; "pallas"/"auto" read only each row's valid slots.
+    attention_impl: str = "reference"
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, *, cache: KVCache | None = None,
@@ -190,12 +186,14 @@ class Decoder(nn.Module):
         `logits_at_BK` selects K positions per row to unembed (e.g. the last prompt token).
         """
         cfg = self.cfg
+        if self.attention_impl not in IMPLS:
+            raise ValueError(f"attention_impl={self.attention_impl!r}; valid: {IMPLS}")
         positions_BT, mask_BTS = _masks(tokens_BT, cache, attention_mask_BT, positions_BT, prefill)
         embedding = self.param("embedding", _init(("vocab", "embed")),
                                (cfg.vocab_size, cfg.hidden_size), cfg.jnp_param_dtype)
         x_BTE = jnp.take(embedding, tokens_BT, axis=0).astype(cfg.jnp_dtype)
         for i in range(cfg.num_layers):
-            x_BTE, cache = Block(cfg, name=f"layers_{i}")(
+            x_BTE, cache = Block(cfg, self.attention_impl, name=f"layers_{i}")(
                 x_BTE, positions_BT, mask_BTS, cache, i, not prefill)
         x_BTE = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="final_norm")(x_BTE)
         if logits_at_BK is not None:
