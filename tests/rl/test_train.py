@@ -1,4 +1,5 @@
-"""The training job: a stopped-and-resumed run equals an uninterrupted one, SIGTERM saves
+"""The training job: a stopped-and-resumed run equals an uninterrupted one (with and without
+speculative rollouts, whose drafter history is part of the checkpoint), SIGTERM saves
 and exits cleanly, and bad configs fail before compiling, naming the field."""
 import json
 import os
@@ -64,6 +65,70 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     step_a, params_a = final_params(config, tmp_path / "a")
     step_b, params_b = final_params(config, tmp_path / "b")
     assert step_a == step_b == 6
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def speculative_config(rl_steps=4):
+    """tiny_config with DAS rollouts from step 1 on a pool of 2 prompts, so that from step 2
+    on every prompt drafts from its history."""
+    c = tiny_config(sft_steps=0, rl_steps=rl_steps)
+    c.rollout.speculative = True
+    c.rollout.fit_cost_model = False  # timed: each run may pick other widths
+    c.rollout.widths = (0, 4)
+    c.rollout.compaction = False  # one compiled loop, not one per bucket size
+    c.task.train_pool = 2
+    c.eval.num_problems = 2
+    c.checkpoint.max_to_keep = 10
+    return c
+
+
+def record_step_histories(monkeypatch):
+    """Makes `train.build`'s RL step record the history it is given: (state.step, history)."""
+    seen, build = [], train.build
+
+    def build_recording(*args, **kwargs):
+        model, source, state, steps = build(*args, **kwargs)
+        rl_step = steps["rl"]
+
+        def step(state, *batch):
+            seen.append((int(state.step), jax.device_get(state.history)))
+            return rl_step(state, *batch)
+
+        return model, source, state, {**steps, "rl": step}
+
+    monkeypatch.setattr(train, "build", build_recording)
+    return seen
+
+
+def test_resumed_speculative_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    """The DAS history changes which drafts are proposed (not the tokens), so only the
+    speculation metrics show whether it was restored: they must match step by step."""
+    seen = record_step_histories(monkeypatch)
+    config = speculative_config()
+    assert train.run(config, str(tmp_path / "a"))["steps"] == 4
+    uninterrupted = dict(seen)
+    train.run(speculative_config(rl_steps=2), str(tmp_path / "b"))  # stops after step 2
+    seen.clear()
+    assert train.run(config, str(tmp_path / "b"))["steps"] == 4
+    assert [s for s, _ in seen] == [2, 3]
+
+    restored, want = seen[0][1], uninterrupted[2]
+    assert restored.window == want.window == config.rollout.window
+    for field in ("tokens_SRN", "lengths_SR", "owner_S"):
+        np.testing.assert_array_equal(getattr(restored, field), getattr(want, field), field)
+    g = config.rl.num_generations
+    assert sorted(restored.owner_S.tolist()) == [0, 1]
+    assert (restored.lengths_SR[:, :2 * g] > 0).all()  # steps 1 and 2 fill two appearances
+
+    rows_a, rows_b = step_rows(tmp_path / "a"), step_rows(tmp_path / "b")
+    assert [r["step"] for r in rows_a] == list(range(1, 5))
+    assert rows_a == rows_b
+    # Prompts without history are all of the medium length class: long rows at step 3
+    # show that the resumed run drafted from the restored history.
+    assert rows_b[2]["spec/rows_long"] > 0 and sum(r["spec/drafted"] for r in rows_b) > 0
+    step_a, params_a = final_params(config, tmp_path / "a")
+    step_b, params_b = final_params(config, tmp_path / "b")
+    assert step_a == step_b == 4
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
