@@ -51,8 +51,24 @@ def _match_lengths(context_BM: jax.Array, corpus_BX: jax.Array) -> jax.Array:
     return ml_BX
 
 
-def _first_positions(mask_BX: jax.Array, q: int) -> jax.Array:
-    """The first `q` positions where `mask_BX` holds, in order; -1 where fewer."""
+def _first_positions(mask_BX: jax.Array, q: int, chunk: int = 32) -> jax.Array:
+    """The first `q` positions where `mask_BX` holds, in order; -1 where fewer.
+
+    A top-k over a whole corpus row sorts it, which costs more than the rest of a draft; so
+    the first `q` chunks that hold a position are picked first (those hold the first `q`
+    positions), then the first `q` positions within those `q * chunk` slots."""
+    b, x = mask_BX.shape
+    mask_BCS = jnp.pad(mask_BX, ((0, 0), (0, -x % chunk))).reshape(b, -1, chunk)
+    chunks_BQ = _first_true(jnp.any(mask_BCS, axis=2), q)
+    slots_BQS = jnp.take_along_axis(mask_BCS, jnp.maximum(chunks_BQ, 0)[:, :, None], 1)
+    slots_BQS = slots_BQS & (chunks_BQ >= 0)[:, :, None]
+    first_BQ = _first_true(slots_BQS.reshape(b, -1), q)
+    chunk_of_BQ = jnp.take_along_axis(chunks_BQ, jnp.maximum(first_BQ, 0) // chunk, 1)
+    return jnp.where(first_BQ >= 0, chunk_of_BQ * chunk + first_BQ % chunk, -1)
+
+
+def _first_true(mask_BX: jax.Array, q: int) -> jax.Array:
+    """The first `q` indices where `mask_BX` holds, in order, by a top-k; -1 where fewer."""
     x = mask_BX.shape[1]
     score_BX = jnp.where(mask_BX, x - jnp.arange(x, dtype=jnp.int32), 0)
     top_BQ, _ = jax.lax.top_k(score_BX, min(q, x))  # earliest positions score highest
@@ -85,28 +101,53 @@ def draft(context_BM: jax.Array, corpus_PX: jax.Array, group_B: jax.Array, budge
     cont_BQD = jnp.take_along_axis(corpus_BX, jnp.clip(idx_BQD, 0, x - 1).reshape(b, -1),
                                    1).reshape(idx_BQD.shape)
     cont_BQD = jnp.where((pos_BQ[:, :, None] >= 0) & (idx_BQD < x), cont_BQD, SEP)
-    big = jnp.iinfo(jnp.int32).max
-
-    alive_BQ = pos_BQ >= 0  # occurrences still on the drafted path
+    tokens_BD, count_BD, total_BD = _greedy_path(cont_BQD)
     prob_B = jnp.ones((b,), jnp.float32)
     live_B = jnp.ones((b,), bool)
-    tokens, probs = [], []
-    for j in range(max_draft):
-        tok_BQ = jnp.where(alive_BQ, cont_BQD[:, :, j], SEP)
-        valid_BQ = tok_BQ >= 0  # a continuation exists (not a sequence end)
-        count_BQ = jnp.sum((tok_BQ[:, :, None] == tok_BQ[:, None, :]) & valid_BQ[:, None, :], 2)
-        count_BQ = jnp.where(valid_BQ, count_BQ, 0)
-        best_count_B = jnp.max(count_BQ, axis=1)
-        best_B = jnp.min(jnp.where(valid_BQ & (count_BQ == best_count_B[:, None]), tok_BQ, big), 1)
-        total_B = jnp.sum(valid_BQ, axis=1)
-        prob_B = prob_B * best_count_B / jnp.maximum(total_B, 1)
-        live_B = live_B & (total_B > 0) & (prob_B >= min_token_prob) & (j < limit_B)
-        alive_BQ = alive_BQ & (tok_BQ == best_B[:, None])
-        tokens.append(jnp.where(live_B, best_B, SEP))
+    live, probs = [], []
+    for j in range(max_draft):  # elementwise on [B]: one fused kernel
+        prob_B = prob_B * count_BD[:, j] / jnp.maximum(total_BD[:, j], 1)
+        live_B = live_B & (total_BD[:, j] > 0) & (prob_B >= min_token_prob) & (j < limit_B)
+        live.append(live_B)
         probs.append(jnp.where(live_B, prob_B, 0.0))
-    tokens_BD = jnp.stack(tokens, 1)
-    return Draft(tokens_BD, jnp.sum(tokens_BD >= 0, 1).astype(jnp.int32), jnp.stack(probs, 1),
-                 match_B)
+    live_BD = jnp.stack(live, 1)
+    return Draft(jnp.where(live_BD, tokens_BD, SEP), jnp.sum(live_BD, 1).astype(jnp.int32),
+                 jnp.stack(probs, 1), match_B)
+
+
+def _greedy_path(cont_BQD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The most-frequent-continuation walk through the trie of the Q candidates'
+    continuations, without walking it: (tokens_BD, count_BD, total_BD) along the path, where
+    count is how many candidates share the path through depth j and total how many share it
+    through depth j - 1 and continue (not a sequence end) at j.
+
+    The walk keeps, at each depth, the child with the most candidates (ties to the smaller
+    token). That is the path of the candidate whose sequence of (count, -token) pairs is
+    lexicographically largest, and two candidates compare at their first differing depth,
+    where both pairs are known. So the path comes from a few [B, Q, Q, D] fused ops instead
+    of D rounds of small reductions, which a decode pass pays for in kernel launches."""
+    d = cont_BQD.shape[2]
+    ended_BQD = jnp.cumsum(cont_BQD < 0, axis=2) > 0  # nothing continues a sequence end
+    cont_BQD = jnp.where(ended_BQD, SEP, cont_BQD)
+    same_BQQD = cont_BQD[:, :, None, :] == cont_BQD[:, None, :, :]
+    differ_BQQ = ~jnp.all(same_BQQD, axis=3)
+    first_diff_BQQ = jnp.argmax(~same_BQQD, axis=3)
+    # shared_BQQD[b, q, r, j]: candidates q and r agree on depths 0..j.
+    shared_BQQD = jnp.arange(d) < jnp.where(differ_BQQ, first_diff_BQQ, d)[..., None]
+    count_BQD = jnp.where(ended_BQD, 0, jnp.sum(shared_BQQD, axis=2))
+    shared_before_BQQD = jnp.arange(d) <= jnp.where(differ_BQQ, first_diff_BQQ, d)[..., None]
+    total_BQD = jnp.sum(shared_before_BQQD & ~ended_BQD[:, None, :, :], axis=2)
+    # beats_BQQ[b, q, r]: q's (count, -token) is larger than r's where they first differ.
+    at_diff = lambda x_BQD: jnp.take_along_axis(  # noqa: E731
+        x_BQD[:, :, None, :], first_diff_BQQ[..., None], axis=3)[..., 0]
+    count_q_BQQ, tok_q_BQQ = at_diff(count_BQD), at_diff(cont_BQD)
+    count_r_BQQ = jnp.swapaxes(count_q_BQQ, 1, 2)
+    tok_r_BQQ = jnp.swapaxes(tok_q_BQQ, 1, 2)
+    beats_BQQ = differ_BQQ & ((count_q_BQQ > count_r_BQQ)
+                              | ((count_q_BQQ == count_r_BQQ) & (tok_q_BQQ < tok_r_BQQ)))
+    best_B = jnp.argmax(~jnp.any(beats_BQQ, axis=1), axis=1)  # beaten by no candidate
+    pick = lambda x_BQD: jnp.take_along_axis(x_BQD, best_B[:, None, None], 1)[:, 0]  # noqa: E731
+    return pick(cont_BQD), pick(count_BQD), pick(total_BQD)
 
 
 # ---- The rollout history (lives in the train state) and the corpus built from it ----
