@@ -41,8 +41,10 @@ def position_hash(index: jax.Array, key0: jax.Array, key1: jax.Array) -> jax.Arr
 
 
 def uniform_from_hash(x: jax.Array) -> jax.Array:
-    """float32 in (0, 1): the top 23 bits plus one half, exact (max 1 - 2**-24, min 2**-24)."""
-    return ((x >> 9).astype(jnp.float32) + 0.5) * (1.0 / (1 << 23))
+    """float32 in (0, 1): the top 23 bits plus one half, exact (max 1 - 2**-24, min 2**-24).
+    The 23 bits go through int32, the same value: Mosaic (TPU) converts only signed integers
+    to float."""
+    return ((x >> 9).astype(jnp.int32).astype(jnp.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 def gumbel_from_index(index: jax.Array, key0: jax.Array, key1: jax.Array) -> jax.Array:

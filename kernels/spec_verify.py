@@ -6,7 +6,8 @@ positions of a row, and how many of the row's D drafts match it.
 
 `verify_reference` is `kernels.sampling.sample_reference` on the B*K rows plus the count.
 `verify_pallas` computes the same tokens without a sort and without a [B, K, V] noise
-array (Triton on GPU, interpret mode on CPU):
+array, with Triton on GPU and Mosaic on TPU (`backend`; CPU runs either in interpret mode).
+The Triton kernels:
 
 - One pass over the vocabulary per row (row = one of the B*K positions). A grid of
   (row, vocabulary split) programs each walks its split in tiles of `block_v` and keeps an
@@ -37,28 +38,57 @@ array (Triton on GPU, interpret mode on CPU):
   number of tokens. The tests check that they agree on theirs.
 
 Where the kernel does not apply, `verify_pallas` returns the reference's result instead of
-failing: logits that are not float32/bfloat16/float16, or a backend with no lowering here
-(TPU, see below). On a GPU the kernel and the XLA reference compute the same integer hash
+failing: logits of a dtype the backend does not take (Triton: float32/bfloat16/float16;
+Mosaic: float32/bfloat16, the float types a TPU computes in), or a platform the backend does
+not lower for. On a GPU the kernel and the XLA reference compute the same integer hash
 and the same libdevice logs, and bench/kernels.py found the same tokens at every position
 of every batch it ran on an H200, except the reference's dropped-token picks below.
 
-Cost: the noise rule, not memory, bounds this kernel. Per vocabulary entry it hashes (two
-lowbias32 rounds: ~17 integer instructions, which Hopper issues at half the float rate),
-converts twice, takes one exp2 and a few maxima, about 70 float-instruction slots, so an
-H200 runs it at ~30% of its HBM bandwidth on bf16 logits (bench/kernels.py). The exact
-noise on every entry (two `logf`) would add some 35 more (estimated, not measured).
+Cost on a GPU: the noise rule, not memory, bounds the Triton kernel. Per vocabulary entry
+it hashes (two lowbias32 rounds: ~17 integer instructions, which Hopper issues at half the
+float rate), converts twice, takes one exp2 and a few maxima, about 70 float-instruction
+slots, so an H200 runs it at ~30% of its HBM bandwidth on bf16 logits (bench/kernels.py).
+The exact noise on every entry (two `logf`) would add some 35 more (estimated, not measured).
 
 The noise is finite (`uniform_from_hash` keeps u < 1), so the upper bound below is finite too.
 
-TPU: no Mosaic variant; `verify_pallas` and `verify(impl="auto")` use the reference there.
-This kernel is not portable to Mosaic by a lowering switch: (1) its ragged vocabulary tail
-uses masked loads, which Mosaic does not lower (NotImplementedError in its load rule, seen
-with `jax.export` for ("tpu",) on jax 0.11.2); (2) it reads rows from whole-array refs at
-dynamic offsets, which on TPU would place the whole [B*K, V] operand in VMEM; (3) it keeps
-the online softmax in scalars with scalar `exp`, which Mosaic's compiler does not legalize
-(transcendentals are vector-only on TPU) and which an export on CPU would not catch. A TPU
-version is a different kernel: rows reshaped to [V/128, 128] blocks moved by BlockSpecs,
-per-row settings by scalar prefetch, lane-replicated vector state, and a TPU to run it on.
+TPU (Mosaic, `_mosaic_sample_kernel` and `_mosaic_count_kernel`): the same passes, laid out
+for a TPU core, which walks its grid in order with vector (not scalar) transcendentals:
+
+- The [B*K, V] logits are read in place as (rows, `block_v`) blocks: rows = 8 sublanes for
+  float32, 16 for bfloat16 (all rows if fewer), `block_v` a multiple of 128 lanes (8192 by
+  default). The grid is (row block, vocabulary block), rows "parallel", vocabulary
+  "arbitrary": no splits, each row block walks its vocabulary in order, and the outputs'
+  block stays put along it, so they carry the per-row state as [rows, 1] vectors (online
+  max and sum-exp, raw and processed; best `processed + noise` and its index). Partial last
+  blocks are read as they are and the vocabulary tail is masked with an iota compare on the
+  whole block: padding V or B*K would copy the logits, and no load is masked.
+- Per-row settings (temperature, threshold, the two key words) are [rows, 1] VMEM columns,
+  not scalar prefetch: they are operands of vector arithmetic across the block's rows.
+  Scalar prefetch carries per-row-block flags for the scalar branches: any row sampled
+  (else the block only takes the greedy argmax), any row whose processed logits differ
+  from the raw ones (else it shares the raw sum-exp), and for counting, any row still
+  bisecting (else the block's index map stays on its first vocabulary block, so nothing
+  is copied, and `pl.when` skips the work).
+- The noise is `gumbel_from_index` on the [rows, C] block, behind the same
+  `_gumbel_upper_bound`, decided once per block: its logs run when any sampled row's bound
+  reaches that row's best so far. With 8 or 16 rows a block, that skips fewer logs than
+  Triton's one-row tiles; how many, and whether the bound pays for itself on a TPU, is
+  unmeasured. Ties: within a block the lowest index among the maxima (an int32 min, which
+  Mosaic reduces), across blocks a later one wins only if strictly larger.
+- Top-k/top-p use the same `_thresholds`/`_bisect`, with `_mosaic_count_kernel` as the
+  counting pass: one [rows, C] mask per candidate key, int32 counts and float32 masses
+  accumulated in the outputs as per-candidate [rows, 1] columns.
+
+What was checked: the Mosaic kernels against the reference in interpret mode on CPU (tokens
+equal, log-probs within 1e-5, on ragged shapes, greedy, top-k, top-p, ties), and
+`jax.export` for ("tpu",), which runs Pallas's lowering to the Mosaic dialect. What was not:
+Mosaic's own compiler (canonicalization, layout inference and the TPU backend run only on
+a TPU host) and any run on a TPU, for correctness or speed; the block sizes are guesses.
+Bit-equal tokens there need Mosaic's float32 division and log to round as XLA's do on that
+TPU (the hash's float conversion goes through int32, which Mosaic's canonicalizer takes). Until
+someone runs it there, `verify(impl="auto")` keeps TPUs on the reference; `impl="pallas"`
+(or `verify_pallas`) selects the Mosaic kernel.
 """
 from __future__ import annotations
 
@@ -68,13 +98,18 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plgpu
 
 from kernels.sampling import (gumbel_from_index, position_hash, sample_reference,
                               uniform_from_hash)
 
 IMPLS = ("auto", "pallas", "reference")
-_KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+BACKENDS = ("triton", "mosaic")
+_KERNEL_DTYPES = {"triton": (jnp.float32, jnp.bfloat16, jnp.float16),
+                  "mosaic": (jnp.float32, jnp.bfloat16)}
+_PLATFORM = {"triton": "gpu", "mosaic": "tpu"}  # where each lowers; CPU interprets both
+_BLOCK_V = {"triton": 1024, "mosaic": 8192}  # Mosaic's: a guess, never timed on a TPU
 _TARGET_PROGRAMS = 2048  # enough (row, split) programs to fill a GPU's SMs several times
 _CANDIDATES = 8  # threshold keys tested per row per bisection pass (a power of two)
 _COUNT_BLOCK = 256  # tile of the counting kernel, whose [tile, candidates] masks cost registers
@@ -159,14 +194,16 @@ def _key_value(key: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(jnp.where(key < 0, key ^ 0x7FFFFFFF, key), jnp.float32)
 
 
-def _online_logsumexp(m, l, x_C):
-    """(max, sum exp(x - max)) after adding the tile x; all -inf so far gives (-inf, 0).
-    exp2 of a scaled argument: libdevice's exp2f is the hardware ex2 (2 ulp), a few
-    instructions less per vocabulary entry than expf."""
-    m_new = jnp.maximum(m, jnp.max(x_C))
+def _online_logsumexp(m, l, x):
+    """(max, sum exp(x - max)) after adding the tile x along its last axis; all -inf so far
+    gives (-inf, 0). A 2-D tile's rows keep that axis ([rows, 1] state), to broadcast
+    against it. exp2 of a scaled argument: libdevice's exp2f is the hardware ex2 (2 ulp), a
+    few instructions less per vocabulary entry than expf."""
+    keep = x.ndim > 1
+    m_new = jnp.maximum(m, jnp.max(x, axis=-1, keepdims=keep))
     m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
     return m_new, (l * jnp.exp2((m - m_safe) * _LOG2E)
-                   + jnp.sum(jnp.exp2((x_C - m_safe) * _LOG2E)))
+                   + jnp.sum(jnp.exp2((x - m_safe) * _LOG2E), axis=-1, keepdims=keep))
 
 
 def _merge_logsumexp(m_RS, l_RS):
@@ -183,7 +220,7 @@ def _load_tile(logits_ref, r, offset, block, vocab):
     return index_C, x_C.astype(jnp.float32)
 
 
-# ------------------------------------------------------------------------ the kernels
+# ---------------------------------------------------------------- Triton kernels (GPU)
 
 def _sample_kernel(logits_ref, temperature_ref, threshold_ref, key0_ref, key1_ref,
                    m_raw_ref, l_raw_ref, m_proc_ref, l_proc_ref, best_ref, best_index_ref, *,
@@ -263,7 +300,7 @@ def _count_kernel(logits_ref, temperature_ref, shift_ref, active_ref, candidates
         mass_ref[r, j, :] = mass_M
 
 
-# ----------------------------------------------------------------- pallas_call wrappers
+# ---------------------------------------------------------- Triton pallas_call wrappers
 
 def _layout(rows: int, vocab: int, block_v: int, num_splits: int | None):
     """(splits, tiles per split): splits of whole tiles, enough programs to fill the GPU."""
@@ -277,8 +314,8 @@ def _compiler_params(interpret):
     return None if interpret else plgpu.CompilerParams(num_warps=4, num_stages=3)
 
 
-def _sample_partials(logits_RV, t_R, threshold_R, keys_R2, *, block_v, splits, tiles,
-                     interpret):
+def _triton_sample_partials(logits_RV, t_R, threshold_R, keys_R2, *, block_v, splits, tiles,
+                            interpret):
     r, v = logits_RV.shape
     part = jax.ShapeDtypeStruct((r, splits), jnp.float32)
     kernel = functools.partial(_sample_kernel, vocab=v, block_v=block_v, tiles=tiles)
@@ -290,8 +327,8 @@ def _sample_partials(logits_RV, t_R, threshold_R, keys_R2, *, block_v, splits, t
     )(logits_RV, t_R, threshold_R, keys_R2[:, 0], keys_R2[:, 1])
 
 
-def _counts(logits_RV, t_R, shift_R, candidates_RM, active_R, *, with_mass, splits, tiles,
-            interpret):
+def _triton_counts(logits_RV, t_R, shift_R, candidates_RM, active_R, *, with_mass, splits,
+                   tiles, interpret):
     """Sums over splits of `_count_kernel`: (count_RM int32, mass_RM float32); rows that are
     not active get zeros."""
     r, v = logits_RV.shape
@@ -305,9 +342,189 @@ def _counts(logits_RV, t_R, shift_R, candidates_RM, active_R, *, with_mass, spli
         interpret=interpret, compiler_params=_compiler_params(interpret),
         name="spec_verify_count",
     )(logits_RV, t_R, shift_R, active_R.astype(jnp.int32), candidates_RM)
+    return _only_active(active_R, jnp.sum(count_RSM, axis=1), jnp.sum(mass_RSM, axis=1))
+
+
+def _only_active(active_R, count_RM, mass_RM):
     active_R1 = active_R[:, None]
-    return (jnp.where(active_R1, jnp.sum(count_RSM, axis=1), 0),
-            jnp.where(active_R1, jnp.sum(mass_RSM, axis=1), 0.0))
+    return jnp.where(active_R1, count_RM, 0), jnp.where(active_R1, mass_RM, 0.0)
+
+
+# ------------------------------------------------------------------ Mosaic kernels (TPU)
+
+def _mosaic_tile(logits_ref, j, vocab):
+    """Vocabulary block j of the row block as float32 [rows, C] with its indices [1, C]; -inf
+    past the vocabulary, where a partial last block holds whatever was in VMEM."""
+    block_v = logits_ref.shape[1]
+    index_1C = j * block_v + jax.lax.broadcasted_iota(jnp.int32, (1, block_v), 1)
+    x_RC = logits_ref[...].astype(jnp.float32)
+    if vocab % block_v:
+        x_RC = jnp.where(index_1C < vocab, x_RC, -jnp.inf)
+    return index_1C, x_RC
+
+
+def _mosaic_sample_kernel(sampled_G, processed_G, t_ref, threshold_ref, key0_ref, key1_ref,
+                          logits_ref, m_raw_ref, l_raw_ref, m_proc_ref, l_proc_ref, best_ref,
+                          best_index_ref, *, vocab):
+    """One (row block, vocabulary block) step of `_sample_kernel`'s pass: rows are sublanes,
+    per-row settings and state are [rows, 1] columns, and the outputs, whose block stays put
+    along the vocabulary axis, carry the state from step to step."""
+    i, j = pl.program_id(0), pl.program_id(1)
+
+    @pl.when(j == 0)
+    def _():
+        for ref in (m_raw_ref, m_proc_ref, best_ref):
+            ref[...] = jnp.full(ref.shape, -jnp.inf, jnp.float32)
+        for ref in (l_raw_ref, l_proc_ref, best_index_ref):
+            ref[...] = jnp.zeros(ref.shape, ref.dtype)
+
+    index_1C, x_RC = _mosaic_tile(logits_ref, j, vocab)
+    t_R1 = t_ref[...]
+    greedy_R1 = t_R1 <= 0
+    m_raw_R1, l_raw_R1 = _online_logsumexp(m_raw_ref[...], l_raw_ref[...], x_RC)
+    m_raw_ref[...], l_raw_ref[...] = m_raw_R1, l_raw_R1
+
+    def processed():  # greedy rows' processed values are never used: scale them by 1
+        s_RC = x_RC / jnp.where(greedy_R1, 1.0, t_R1)
+        return jnp.where(s_RC >= threshold_ref[...], s_RC, -jnp.inf)
+
+    # Per-block flags from scalar prefetch, as in `_sample_kernel` per row: a block whose
+    # rows all have processed == raw shares the raw sum-exp; one with no sampled row is greedy.
+    any_processed = processed_G[i] != 0
+    p_RC = jax.lax.cond(any_processed, processed, lambda: x_RC)
+    m_proc_ref[...], l_proc_ref[...] = jax.lax.cond(
+        any_processed, lambda: _online_logsumexp(m_proc_ref[...], l_proc_ref[...], p_RC),
+        lambda: (m_raw_R1, l_raw_R1))
+    best_R1 = best_ref[...]
+
+    def sampled():
+        index_u_1C = index_1C.astype(jnp.uint32)
+        key0_R1, key1_R1 = key0_ref[...], key1_ref[...]
+        bound_RC = p_RC + _gumbel_upper_bound(position_hash(index_u_1C, key0_R1, key1_R1))
+        # One branch for the whole block: its logs run when any sampled row can improve.
+        reach = jnp.any((jnp.max(bound_RC, axis=1, keepdims=True) >= best_R1) & ~greedy_R1)
+        exact = lambda: jnp.where(  # noqa: E731
+            p_RC == -jnp.inf, -jnp.inf, p_RC + gumbel_from_index(index_u_1C, key0_R1, key1_R1))
+        noisy_RC = jax.lax.cond(reach, exact, lambda: jnp.full_like(p_RC, -jnp.inf))
+        return jnp.where(greedy_R1, x_RC, noisy_RC)
+
+    z_RC = jax.lax.cond(sampled_G[i] != 0, sampled, lambda: x_RC)
+    # The first maximum of the block, by a min over indices: Mosaic reduces int32 with
+    # min/max/add, and a later block wins only if strictly larger, as in `_sample_kernel`.
+    z_R1 = jnp.max(z_RC, axis=1, keepdims=True)
+    first_R1 = jnp.min(jnp.where(z_RC == z_R1, index_1C, jnp.iinfo(jnp.int32).max), axis=1,
+                       keepdims=True)
+    better_R1 = z_R1 > best_R1
+    best_ref[...] = jnp.where(better_R1, z_R1, best_R1)
+    best_index_ref[...] = jnp.where(better_R1, first_R1, best_index_ref[...])
+
+
+def _mosaic_count_kernel(active_G, t_ref, shift_ref, candidates_ref, logits_ref, count_ref,
+                         mass_ref, *, vocab, with_mass):
+    """`_count_kernel` on a (row block, vocabulary block): candidate c's column [rows, 1] is
+    candidates_ref[c], and count_ref[c] / mass_ref[c] accumulate along the vocabulary axis.
+    Blocks with no active row skip the work (and their index map, the copies)."""
+    i, j = pl.program_id(0), pl.program_id(1)
+
+    @pl.when(j == 0)
+    def _():
+        count_ref[...] = jnp.zeros(count_ref.shape, count_ref.dtype)
+        mass_ref[...] = jnp.zeros(mass_ref.shape, mass_ref.dtype)
+
+    @pl.when(active_G[i] != 0)
+    def _():
+        _, x_RC = _mosaic_tile(logits_ref, j, vocab)
+        s_RC = x_RC / t_ref[...]
+        key_RC = _order_key(s_RC)
+        if with_mass:
+            e_RC = jnp.exp(s_RC - shift_ref[...])
+        for c in range(candidates_ref.shape[0]):  # [rows, C] masks, one candidate at a time
+            at_least_RC = key_RC >= candidates_ref[c]
+            count_ref[c] += jnp.sum(at_least_RC.astype(jnp.int32), axis=1, keepdims=True)
+            if with_mass:
+                mass_ref[c] += jnp.sum(jnp.where(at_least_RC, e_RC, 0.0), axis=1, keepdims=True)
+
+
+# --------------------------------------------------------- Mosaic pallas_call wrappers
+
+def _mosaic_layout(logits_RV, block_v: int):
+    """(rows per block, vocabulary block, row blocks, vocabulary blocks). A float32 vreg has
+    8 sublanes and bfloat16 packs 16; a dimension smaller than its block is one whole block.
+    Partial last blocks are read as they are (the kernels mask the vocabulary tail, and rows
+    past R only feed outputs that are cut off), so the logits are never copied to pad them."""
+    r, v = logits_RV.shape
+    rows = 8 * (4 // logits_RV.dtype.itemsize)
+    rows = r if r <= rows else rows
+    block_v = v if v <= block_v else block_v
+    return rows, block_v, pl.cdiv(r, rows), pl.cdiv(v, block_v)
+
+
+def _pad_rows(x_R, size: int, fill):
+    return jnp.pad(x_R, (0, size - x_R.shape[0]), constant_values=fill)
+
+
+def _any_per_block(flag_R, rows: int, blocks: int):
+    return jnp.any(_pad_rows(flag_R, rows * blocks, False).reshape(blocks, rows),
+                   axis=1).astype(jnp.int32)
+
+
+def _mosaic_params():
+    # Row blocks are independent; the vocabulary axis carries each block's state.
+    return pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
+
+
+def _mosaic_sample_partials(logits_RV, t_R, threshold_R, keys_R2, *, block_v, interpret):
+    """`_triton_sample_partials`'s six [R, splits] partials with one split: [R, 1]."""
+    r, v = logits_RV.shape
+    rows, block_v, row_blocks, v_blocks = _mosaic_layout(logits_RV, block_v)
+    size = rows * row_blocks
+    sampled_R = t_R > 0
+    processed_R = sampled_R & ((t_R != 1) | (threshold_R > -jnp.inf))
+    # Pad rows are greedy, so that they never ask for the noise.
+    columns = [_pad_rows(x_R, size, fill)[:, None] for x_R, fill in (
+        (t_R, 0.0), (threshold_R, -jnp.inf), (keys_R2[:, 0], 0), (keys_R2[:, 1], 0))]
+    column = pl.BlockSpec((rows, 1), lambda i, j, *_: (i, 0))
+    state = jax.ShapeDtypeStruct((size, 1), jnp.float32)
+    partials = pl.pallas_call(
+        functools.partial(_mosaic_sample_kernel, vocab=v),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=2, grid=(row_blocks, v_blocks),
+            in_specs=[column] * 4 + [pl.BlockSpec((rows, block_v), lambda i, j, *_: (i, j))],
+            out_specs=[column] * 6),
+        out_shape=[state] * 5 + [jax.ShapeDtypeStruct((size, 1), jnp.int32)],
+        compiler_params=_mosaic_params(), interpret=interpret, name="spec_verify_sample",
+    )(_any_per_block(sampled_R, rows, row_blocks), _any_per_block(processed_R, rows, row_blocks),
+      *columns, logits_RV)
+    return [x[:r] for x in partials]
+
+
+def _mosaic_counts(logits_RV, t_R, shift_R, candidates_RM, active_R, *, with_mass, block_v,
+                   interpret):
+    """`_triton_counts`' result from `_mosaic_count_kernel`."""
+    r, v = logits_RV.shape
+    m = candidates_RM.shape[1]
+    rows, block_v, row_blocks, v_blocks = _mosaic_layout(logits_RV, block_v)
+    size = rows * row_blocks
+    candidates_MS1 = jnp.pad(candidates_RM.T, ((0, 0), (0, size - r)))[:, :, None]
+    column = pl.BlockSpec((rows, 1), lambda i, j, *_: (i, 0))
+    per_candidate = pl.BlockSpec((m, rows, 1), lambda i, j, *_: (0, i, 0))
+
+    def logits_block(i, j, active_G):
+        # Inactive row blocks stay on their first block: the pipeline then copies nothing.
+        return i, jnp.where(active_G[i] != 0, j, 0)
+
+    count_MS1, mass_MS1 = pl.pallas_call(
+        functools.partial(_mosaic_count_kernel, vocab=v, with_mass=with_mass),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=1, grid=(row_blocks, v_blocks),
+            in_specs=[column, column, per_candidate, pl.BlockSpec((rows, block_v), logits_block)],
+            out_specs=[per_candidate] * 2),
+        out_shape=[jax.ShapeDtypeStruct((m, size, 1), jnp.int32),
+                   jax.ShapeDtypeStruct((m, size, 1), jnp.float32)],
+        compiler_params=_mosaic_params(), interpret=interpret, name="spec_verify_count",
+    )(_any_per_block(active_R, rows, row_blocks), _pad_rows(t_R, size, 1.0)[:, None],
+      _pad_rows(shift_R, size, 0.0)[:, None], candidates_MS1, logits_RV)
+    return _only_active(active_R, count_MS1[:, :r, 0].T, mass_MS1[:, :r, 0].T)
 
 
 # ----------------------------------------------------------------- top-k / top-p
@@ -348,9 +565,10 @@ def _bisect(stat_fn, target_R, lo_R, hi_R, active_R):
     return lo_R
 
 
-def _thresholds(logits_RV, t_R, top_k_R, top_p_R, *, splits, tiles, interpret):
+def _thresholds(logits_RV, t_R, top_k_R, top_p_R, count_fn):
     """Per row, the smallest scaled logit that top-k then top-p keep (-inf: keep all), as
-    `kernels.sampling._filter_top_k_top_p` defines it."""
+    `kernels.sampling._filter_top_k_top_p` defines it. `count_fn` is `_triton_counts` or
+    `_mosaic_counts` with its layout bound."""
     r, v = logits_RV.shape
     sampled_R = t_R > 0
     use_k_R = sampled_R & (top_k_R > 0) & (top_k_R < v)
@@ -363,8 +581,7 @@ def _thresholds(logits_RV, t_R, top_k_R, top_p_R, *, splits, tiles, interpret):
         # Division by t > 0 is monotone, rounding included: max(x) / t == max(x / t).
         max_R = jnp.max(logits_RV, axis=1).astype(jnp.float32) / t_safe_R
         hi_R = _order_key(max_R) + 1
-        counts = functools.partial(_counts, logits_RV, t_safe_R, max_R, splits=splits,
-                                   tiles=tiles, interpret=interpret)
+        counts = functools.partial(count_fn, logits_RV, t_safe_R, max_R)
         kth_key_R = _bisect(lambda c, a: counts(c, a, with_mass=False)[0], top_k_R,
                             jnp.full((r,), neg_inf_key), hi_R, use_k_R)
         kth_key_R = jnp.where(use_k_R, kth_key_R, neg_inf_key)
@@ -389,38 +606,60 @@ def _thresholds(logits_RV, t_R, top_k_R, top_p_R, *, splits, tiles, interpret):
 
 # ------------------------------------------------------------------------- entry points
 
-def _kernel_applies(logits_BKV) -> bool:
-    backend = jax.default_backend()
-    return (logits_BKV.dtype in _KERNEL_DTYPES and logits_BKV.shape[-1] > 0
-            and backend in ("cpu", "gpu"))
+def _default_backend() -> str:
+    return "mosaic" if jax.default_backend() == "tpu" else "triton"
+
+
+def _kernel_applies(logits_BKV, backend: str) -> bool:
+    platform = jax.default_backend()
+    return (logits_BKV.dtype in _KERNEL_DTYPES[backend] and logits_BKV.shape[-1] > 0
+            and platform in ("cpu", _PLATFORM[backend]))
 
 
 def verify_pallas(logits_BKV, drafts_BD, num_drafts_B, temperature_B, top_k_B, top_p_B,
-                  keys_BK2, *, interpret: bool = False, block_v: int = 1024,
-                  num_splits: int | None = None):
-    """`verify_reference`'s contract, computed by the Triton kernels (module docstring).
+                  keys_BK2, *, interpret: bool = False, backend: str | None = None,
+                  block_v: int | None = None, num_splits: int | None = None):
+    """`verify_reference`'s contract, computed by the Pallas kernels (module docstring).
 
-    `block_v`: the vocabulary tile, a power of two >= 256. `num_splits`: programs per row
-    (default: enough for ~2048 programs). Falls back to `verify_reference` for logits that
-    are not float32/bfloat16/float16 and on backends other than CPU and GPU.
+    `backend`: "triton" (GPU) or "mosaic" (TPU), by default the one of the default device.
+    `block_v`: the vocabulary tile; Triton: a power of two >= 256 (default 1024); Mosaic: a
+    multiple of 128 (default 8192). `num_splits` (Triton only): programs per row (default:
+    enough for ~2048 programs). Falls back to `verify_reference` for logits of another dtype
+    (Triton takes float32/bfloat16/float16, Mosaic float32/bfloat16) and on a platform that
+    the backend does not lower for (CPU runs either in interpret mode).
     """
+    backend = backend or _default_backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}; valid: {BACKENDS}")
     _check_shapes(logits_BKV, drafts_BD, keys_BK2)
-    if block_v < _COUNT_BLOCK or pl.next_power_of_2(block_v) != block_v:
-        raise ValueError(f"block_v={block_v}: expected a power of two >= {_COUNT_BLOCK}")
-    if not _kernel_applies(logits_BKV):
+    block_v = _BLOCK_V[backend] if block_v is None else block_v
+    if backend == "triton" and (block_v < _COUNT_BLOCK or pl.next_power_of_2(block_v) != block_v):
+        raise ValueError(f"block_v={block_v}: Triton needs a power of two >= {_COUNT_BLOCK}")
+    if backend == "mosaic" and (block_v <= 0 or block_v % 128):
+        raise ValueError(f"block_v={block_v}: Mosaic needs a positive multiple of 128 (lanes)")
+    if backend == "mosaic" and num_splits is not None:
+        raise ValueError(f"num_splits={num_splits}: only the Triton kernel splits rows; the "
+                         "Mosaic kernel walks each row block's vocabulary in order")
+    if not _kernel_applies(logits_BKV, backend):
         return verify_reference(logits_BKV, drafts_BD, num_drafts_B, temperature_B, top_k_B,
                                 top_p_B, keys_BK2)
     b, k, v = logits_BKV.shape
     logits_RV = logits_BKV.reshape(b * k, v)
     t_R = _per_position(temperature_B.astype(jnp.float32), k)
-    splits, tiles = _layout(b * k, v, block_v, num_splits)
-    threshold_R = _thresholds(
-        logits_RV, t_R, _per_position(top_k_B.astype(jnp.int32), k),
-        _per_position(top_p_B.astype(jnp.float32), k), splits=splits,
-        tiles=tiles * (block_v // _COUNT_BLOCK), interpret=interpret)
-    m_raw, l_raw, m_proc, l_proc, best_RS, best_index_RS = _sample_partials(
-        logits_RV, t_R, threshold_R, keys_BK2.reshape(b * k, 2).astype(jnp.uint32),
-        block_v=block_v, splits=splits, tiles=tiles, interpret=interpret)
+    if backend == "triton":
+        splits, tiles = _layout(b * k, v, block_v, num_splits)
+        count_fn = functools.partial(_triton_counts, splits=splits,
+                                     tiles=tiles * (block_v // _COUNT_BLOCK), interpret=interpret)
+        sample_fn = functools.partial(_triton_sample_partials, block_v=block_v, splits=splits,
+                                      tiles=tiles, interpret=interpret)
+    else:
+        count_fn = functools.partial(_mosaic_counts, block_v=block_v, interpret=interpret)
+        sample_fn = functools.partial(_mosaic_sample_partials, block_v=block_v,
+                                      interpret=interpret)
+    threshold_R = _thresholds(logits_RV, t_R, _per_position(top_k_B.astype(jnp.int32), k),
+                              _per_position(top_p_B.astype(jnp.float32), k), count_fn)
+    m_raw, l_raw, m_proc, l_proc, best_RS, best_index_RS = sample_fn(
+        logits_RV, t_R, threshold_R, keys_BK2.reshape(b * k, 2).astype(jnp.uint32))
     # The first split holding the maximum holds the lowest index among the maxima.
     winner_R1 = jnp.argmax(best_RS, axis=1)[:, None]
     tokens_R = jnp.take_along_axis(best_index_RS, winner_R1, axis=1)[:, 0]
@@ -436,12 +675,13 @@ def verify_pallas(logits_BKV, drafts_BD, num_drafts_B, temperature_B, top_k_B, t
 
 def verify(logits_BKV, drafts_BD, num_drafts_B, temperature_B, top_k_B, top_p_B, keys_BK2, *,
            impl: str = "auto"):
-    """`impl`: "reference", "pallas" (interpret mode on CPU), or "auto" (the kernel on GPU,
-    the reference elsewhere: interpreting the kernel on CPU would only be slower)."""
+    """`impl`: "reference", "pallas" (Triton on GPU, Mosaic on TPU, interpret mode on CPU), or
+    "auto": the kernel on GPU, the reference elsewhere (on CPU interpreting the kernel is only
+    slower, and the Mosaic kernel has yet to run on a TPU)."""
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r}; valid: {IMPLS}")
     args = (logits_BKV, drafts_BD, num_drafts_B, temperature_B, top_k_B, top_p_B, keys_BK2)
-    backend = jax.default_backend()
-    if impl == "reference" or (impl == "auto" and backend != "gpu"):
+    platform = jax.default_backend()
+    if impl == "reference" or (impl == "auto" and platform != "gpu"):
         return verify_reference(*args)
-    return verify_pallas(*args, interpret=backend == "cpu")
+    return verify_pallas(*args, interpret=platform == "cpu")

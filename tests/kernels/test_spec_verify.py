@@ -1,5 +1,6 @@
-"""The speculative-verification kernel (interpret mode) against `verify_reference`, which is
-`kernels.sampling.sample_reference` per position; its noise bound; its CUDA lowering."""
+"""The speculative-verification kernels, Triton and Mosaic (interpret mode), against
+`verify_reference`, which is `kernels.sampling.sample_reference` per position; the noise
+bound; their CUDA and TPU lowering."""
 import functools
 
 import jax
@@ -11,7 +12,7 @@ from jax.sharding import AbstractDevice, AbstractMesh, AxisType
 
 from kernels import spec_verify
 from kernels.sampling import gumbel_from_index, position_hash
-from kernels.spec_verify import verify, verify_pallas, verify_reference
+from kernels.spec_verify import BACKENDS, verify, verify_pallas, verify_reference
 
 # Five rows that mix every setting: greedy, temperatures 0.7 and 1, top-k 5, top-p 0.8.
 TEMPERATURE = np.array([0.0, 0.7, 1.0, 1.0, 0.7], np.float32)
@@ -51,9 +52,10 @@ def drafts_from(tokens_BK):
 
 
 @functools.cache
-def pallas(num_splits=None, block_v=256):
-    return jax.jit(functools.partial(verify_pallas, interpret=True, block_v=block_v,
-                                     num_splits=num_splits))
+def pallas(backend="triton", num_splits=None, block_v=256):
+    """block_v=256 tiles a 1000-entry vocabulary in 4 blocks, the last one partial."""
+    return jax.jit(functools.partial(verify_pallas, interpret=True, backend=backend,
+                                     block_v=block_v, num_splits=num_splits))
 
 
 def assert_matches(got, want):
@@ -63,13 +65,17 @@ def assert_matches(got, want):
     np.testing.assert_allclose(got[3], want[3], atol=1e-5, rtol=0)
 
 
+# Mosaic (8 float32 / 16 bfloat16 rows a block): 20 rows make a partial last row block, and
+# 1000 a partial last vocabulary block; 5 and 4 rows are one whole block; "b1-bf16" is all
+# greedy, so no block samples.
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("b,k,v,dtype,num_splits,ties", [
     (5, 4, 1000, jnp.float32, None, False),  # ragged vocabulary, one tile per split
     (5, 4, 1000, jnp.bfloat16, 1, True),     # all tiles in one program: the noise bound skips
     (5, 1, 64, jnp.float32, 1, True),        # vocabulary smaller than a tile
     (1, 4, 1000, jnp.bfloat16, 2, False),
 ], ids=["f32-split", "bf16-ties-1split", "v64-k1-ties", "b1-bf16"])
-def test_kernel_matches_reference(b, k, v, dtype, num_splits, ties):
+def test_kernel_matches_reference(backend, b, k, v, dtype, num_splits, ties):
     logits, keys = make_logits(b, k, v, dtype, seed=v + b, ties=ties), make_keys(b, k, v)
     temperature, top_k, top_p = settings(b)
     tokens = jax.jit(verify_reference)(logits, jnp.zeros((b, k - 1), jnp.int32),
@@ -78,7 +84,7 @@ def test_kernel_matches_reference(b, k, v, dtype, num_splits, ties):
     drafts, num_drafts = drafts_from(tokens)
     args = (logits, drafts, num_drafts, temperature, top_k, top_p, keys)
     want = jax.jit(verify_reference)(*args)
-    got = pallas(num_splits)(*args)
+    got = pallas(backend, num_splits if backend == "triton" else None)(*args)
     assert_matches(got, want)
     if b == 5 and k == 4:  # the drafts exercise every acceptance case
         np.testing.assert_array_equal(want[1], [3, 1, 0, 0, 2])
@@ -93,14 +99,15 @@ def test_a_perturbed_draft_changes_acceptance():
                                        keys)[0]
     drafts = jnp.asarray(tokens[:, :k - 1])
     num = jnp.full((b,), k - 1, jnp.int32)
-    run = pallas(1)
+    run = pallas("triton", 1)
     all_accepted = run(logits, drafts, num, temperature, top_k, top_p, keys)[1]
     np.testing.assert_array_equal(all_accepted, [k - 1] * b)
     wrong_second = run(logits, drafts.at[:, 1].add(1), num, temperature, top_k, top_p, keys)[1]
     np.testing.assert_array_equal(wrong_second, [1] * b)
 
 
-def test_top_p_and_top_k_edges():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_top_p_and_top_k_edges(backend):
     """top_p near 0 keeps one token, top_k >= V is off, top_k 1 is greedy on the scaled logits,
     top_p 0.95 keeps many; on tied logits, so the k-th value has ties."""
     b, k, v = 5, 2, 1000
@@ -110,12 +117,15 @@ def test_top_p_and_top_k_edges():
     top_p = jnp.asarray([1e-6, 0.95, 1.0, 0.95, 0.5], jnp.float32)
     args = (logits, jnp.zeros((b, k - 1), jnp.int32), jnp.zeros((b,), jnp.int32), temperature,
             top_k, top_p, keys)
-    assert_matches(pallas(1)(*args), jax.jit(verify_reference)(*args))
+    assert_matches(pallas(backend, 1 if backend == "triton" else None)(*args),
+                   jax.jit(verify_reference)(*args))
 
 
-def test_extreme_noise_token_is_matched():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_noise_token_is_matched(backend):
     """This key gives index 5 a top hash value, so the largest noise the rule makes
-    (-log(-log(1 - 2**-24)), about 16.6, finite): the kernel's noise bound must let it through."""
+    (-log(-log(1 - 2**-24)), about 16.6, finite): the kernel's noise bound must let it through.
+    (Temperature 1 and no top-k/top-p: Mosaic's block that samples without processing.)"""
     v = 64
     logits = make_logits(1, 1, v, jnp.float32, seed=5)
     keys = jnp.asarray([[[0, 0x595A3E6]]], jnp.uint32)
@@ -124,17 +134,20 @@ def test_extreme_noise_token_is_matched():
     args = (logits, jnp.zeros((1, 0), jnp.int32), jnp.zeros((1,), jnp.int32),
             jnp.ones((1,), jnp.float32), jnp.zeros((1,), jnp.int32), jnp.ones((1,), jnp.float32),
             keys)
-    assert_matches(pallas(1)(*args), jax.jit(verify_reference)(*args))
+    assert_matches(pallas(backend, 1 if backend == "triton" else None)(*args),
+                   jax.jit(verify_reference)(*args))
 
 
-def test_greedy_ties_take_the_lowest_index_across_splits():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_greedy_ties_take_the_lowest_index_across_splits(backend):
+    """Ties within and across the tiles of 256 (Triton: one split each; Mosaic: blocks)."""
     v = 1000
-    logits = jnp.zeros((2, 1, v), jnp.float32).at[:, 0, [100, 300, 700]].set(4.0)
-    logits = logits.at[1, 0, 100].set(0.0)  # row 1: the first max is in the second split
+    logits = jnp.zeros((2, 1, v), jnp.float32).at[:, 0, [100, 130, 300, 310, 700]].set(4.0)
+    logits = logits.at[1, 0, [100, 130]].set(0.0)  # row 1: the first max is in the second tile
     args = (logits, jnp.zeros((2, 0), jnp.int32), jnp.zeros((2,), jnp.int32),
             jnp.zeros((2,), jnp.float32), jnp.zeros((2,), jnp.int32), jnp.ones((2,), jnp.float32),
             make_keys(2, 1, 0))
-    got = pallas(4)(*args)
+    got = pallas(backend, 4 if backend == "triton" else None)(*args)
     np.testing.assert_array_equal(got[0][:, 0], [100, 300])
     assert_matches(got, jax.jit(verify_reference)(*args))
 
@@ -161,17 +174,29 @@ def test_dispatch():
     assert_matches(verify(*args, impl="pallas"), want)  # CPU: interpret mode
     with pytest.raises(ValueError, match="valid: .*auto.*pallas.*reference"):
         verify(*args, impl="triton")
-    # Logits the kernel does not take (integers) fall back to the reference.
+    # Logits the kernel does not take (integers; float16 for Mosaic) fall back to the reference.
     int_args = (jnp.round(logits).astype(jnp.int32),) + args[1:]
     assert_matches(verify_pallas(*int_args), verify_reference(*int_args))
+    f16_args = (logits.astype(jnp.float16),) + args[1:]
+    assert_matches(verify_pallas(*f16_args, backend="mosaic"), verify_reference(*f16_args))
+    for kwargs, error in [({"backend": "cuda"}, "valid: .*triton.*mosaic"),
+                          ({"backend": "mosaic", "block_v": 200}, "multiple of 128"),
+                          ({"backend": "mosaic", "num_splits": 2}, "only the Triton kernel"),
+                          ({"backend": "triton", "block_v": 384}, "power of two")]:
+        with pytest.raises(ValueError, match=error):
+            verify_pallas(*args, **kwargs)
+
+
+def export_shapes(dtype, b=4, k=5, v=151936):
+    """Qwen2.5's vocabulary: not a multiple of Mosaic's 8192 block, so its last block is partial."""
+    return (jax.ShapeDtypeStruct((b, k, v), dtype),
+            jax.ShapeDtypeStruct((b, k - 1), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32),
+            jax.ShapeDtypeStruct((b,), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32),
+            jax.ShapeDtypeStruct((b,), jnp.float32), jax.ShapeDtypeStruct((b, k, 2), jnp.uint32))
 
 
 def test_triton_kernel_lowers_for_cuda():
-    b, k, v = 4, 5, 151936
-    shapes = (jax.ShapeDtypeStruct((b, k, v), jnp.bfloat16),
-              jax.ShapeDtypeStruct((b, k - 1), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32),
-              jax.ShapeDtypeStruct((b,), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32),
-              jax.ShapeDtypeStruct((b,), jnp.float32), jax.ShapeDtypeStruct((b, k, 2), jnp.uint32))
+    shapes = export_shapes(jnp.bfloat16)
     h100 = AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="cuda")
     with jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), (AxisType.Explicit,),
                                                      abstract_device=h100)):
@@ -181,3 +206,15 @@ def test_triton_kernel_lowers_for_cuda():
     # The sampling pass and the two counting passes (with and without mass).
     for name in ("spec_verify_sample", "spec_verify_count"):
         assert name in module
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
+def test_mosaic_kernel_lowers_for_tpu(dtype):
+    """Pallas's Mosaic lowering of both kernels (20 rows: 2 bfloat16 / 3 float32 row blocks,
+    the last partial). Mosaic's own compiler runs only on a TPU host, so this is not that."""
+    fn = jax.jit(functools.partial(verify_pallas, backend="mosaic"))
+    module = export.export(fn, platforms=("tpu",))(*export_shapes(dtype)).mlir_module()
+    # The sampling pass and three counting passes (top-k; top-p's total and its bisection).
+    assert module.count("tpu_custom_call") == 4
+    for name in ("spec_verify_sample", "spec_verify_count"):
+        assert f'kernel_name = "{name}"' in module
