@@ -78,9 +78,14 @@ def load_policy(config, tokenizer) -> tuple[Decoder, dict]:
     return Decoder(cfg), init_params(cfg, jax.random.key(config.seed))
 
 
-def spec_config(config, model: Decoder, mesh, batch: int) -> SpecConfig | None:
+def spec_config(config, model: Decoder, mesh, batch: int,
+                workdir: str | None = None) -> SpecConfig | None:
     """`config.rollout` as a `SpecConfig` (None when speculation is off). With
-    `rollout.fit_cost_model` the width cost model is timed on this device first."""
+    `rollout.fit_cost_model` the width cost model is timed on this device first, by
+    process 0 for all processes (every process must compile the same widths' choice), and
+    kept in `workdir/cost_model.json`, so that a resumed run chooses the widths the
+    interrupted one did (the tokens would not change, but the sampler log-probs' last bits
+    and the speculation metrics would)."""
     r = config.rollout
     if not r.speculative:
         return None
@@ -91,13 +96,29 @@ def spec_config(config, model: Decoder, mesh, batch: int) -> SpecConfig | None:
                       compaction=r.compaction, min_bucket=r.min_bucket,
                       cost_base=r.cost_base, cost_per_token=r.cost_per_token,
                       verify_impl=r.verify_impl).validate()
-    if r.fit_cost_model:
+    if not r.fit_cost_model:
+        return spec
+    path = os.path.join(workdir, "cost_model.json") if workdir else None
+    if path and os.path.exists(path):
+        with open(path) as f:
+            fit = json.load(f)
+        c_base, c_tok = fit["c_base_s"], fit["c_tok_s"]
+        logging.info("verification cost model from %s", path)
+    else:
         c_base, c_tok = length_policy.measure_cost_model(
             verification_timer(model, batch, mesh), (batch, max(batch // 8, 1)), spec.widths)
-        logging.info("verification cost model on %s: %.3g s + %.3g s/token",
-                     jax.devices()[0].device_kind, c_base, c_tok)
-        spec = dataclasses.replace(spec, cost_base=c_base, cost_per_token=c_tok)
-    return spec
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            c_base, c_tok = (float(c) for c in multihost_utils.broadcast_one_to_all(
+                np.asarray([c_base, c_tok])))
+        if path and jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            with open(path, "w") as f:
+                json.dump({"device": jax.devices()[0].device_kind, "c_base_s": c_base,
+                           "c_tok_s": c_tok}, f)
+    logging.info("verification cost model on %s: %.3g s + %.3g s/token",
+                 jax.devices()[0].device_kind, c_base, c_tok)
+    return dataclasses.replace(spec, cost_base=c_base, cost_per_token=c_tok)
 
 
 def verification_timer(model: Decoder, batch: int, mesh, context: int = 256):
@@ -115,9 +136,10 @@ def verification_timer(model: Decoder, batch: int, mesh, context: int = 256):
     return lambda rows, k: jax.block_until_ready(step(params, rows, k))
 
 
-def build(config, mesh, source=None):
+def build(config, mesh, source=None, workdir: str | None = None):
     """(model, prompt source, initial state placed on the mesh, the jitted steps) from a
-    config; `source` defaults to `make_source(config)`."""
+    config; `source` defaults to `make_source(config)`; `workdir` keeps the fitted
+    verification cost model (`spec_config`)."""
     if source is None:
         source = make_source(config)
     model, params = load_policy(config, source.tokenizer)
@@ -125,7 +147,7 @@ def build(config, mesh, source=None):
     tx = state_lib.make_optimizer(config.optim, learning_rate_schedule(config))
     params = sharding.shard_params(params, param_axes(model.cfg), mesh)
     rl = config.rl
-    spec = spec_config(config, model, mesh, rl.num_prompts * rl.num_generations)
+    spec = spec_config(config, model, mesh, rl.num_prompts * rl.num_generations, workdir)
     history = None
     if spec is not None:
         slots = config.rollout.history_slots or min(source.num_prompts or 4096, 4096)
@@ -313,7 +335,7 @@ def export_hf(config, model: Decoder, params, tokenizer, out_dir: str) -> None:
 
 def run(config, workdir: str) -> dict:
     mesh = sharding.make_mesh(config.mesh)
-    model, source, state, steps = build(config, mesh, make_source(config, workdir))
+    model, source, state, steps = build(config, mesh, make_source(config, workdir), workdir)
     logging.info("prompt source: %s", source.info)
     ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
     start = ckpt.latest_step() or 0

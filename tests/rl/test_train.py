@@ -132,6 +132,23 @@ def test_resumed_speculative_run_equals_uninterrupted_run(tmp_path, monkeypatch)
     jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
+def test_fitted_cost_model_is_kept_for_a_resumed_run(tmp_path, monkeypatch):
+    """The widths' cost model is timed once per workdir: a resumed run reads it back instead
+    of re-timing (a new fit could pick other widths, so other sampler log-prob bits)."""
+    fits = iter([(1e-3, 2e-7), (5e-3, 9e-7)])
+    monkeypatch.setattr(train.length_policy, "measure_cost_model", lambda *a, **k: next(fits))
+    config = speculative_config()
+    config.rollout.fit_cost_model = True
+    mesh = sharding.make_mesh(config.mesh)
+    model = train.load_policy(config, train.make_source(config).tokenizer)[0]
+    first = train.spec_config(config, model, mesh, 4, str(tmp_path))
+    again = train.spec_config(config, model, mesh, 4, str(tmp_path))
+    assert (first.cost_base, first.cost_per_token) == (again.cost_base, again.cost_per_token) \
+        == (1e-3, 2e-7)
+    other = train.spec_config(config, model, mesh, 4, str(tmp_path / "other"))
+    assert (other.cost_base, other.cost_per_token) == (5e-3, 9e-7)
+
+
 def test_sigterm_saves_and_exits_then_resume_finishes(tmp_path):
     config = tiny_config(sft_steps=40, rl_steps=0)
     config.checkpoint.every = 1000  # only the SIGTERM save and the final save
