@@ -6,8 +6,11 @@
 A policy is SFT-trained on an embedded task with long-tailed solution lengths (sort
 traces by default), then GRPO runs on a fixed pool of prompts. The first `--warm-steps`
 steps fill the rollout history; each measured step then rolls out the same state with
-plain decoding and with DAS (and its ablations), checks that the tokens are equal, and
-times each; the plain rollout feeds the GRPO update, so the policy drifts as in training.
+plain decoding, with compacted plain decoding (no drafts, finished rows compacted as DAS
+compacts them: what DAS gains over it is speculation's share) and with DAS (and its
+ablations), checks that the tokens are equal, and times each; the plain rollout feeds the
+GRPO update, so the policy drifts as in training. `--layers` deepens the preset, for a
+policy whose decode step costs more than the drafting does.
 
 Writes `rollout.json` (per step and summary), `rollout.md` (the table for BENCHMARKS.md)
 and `active_rows.png` (live rows per decode pass, plain vs DAS) to `--out-dir`.
@@ -46,6 +49,7 @@ def parse_args(argv):
     p.add_argument("--task", default="sort")
     p.add_argument("--difficulty", type=int, default=1)
     p.add_argument("--preset", default="small")
+    p.add_argument("--layers", type=int, default=0, help="override the preset's layer count")
     p.add_argument("--dtype", default="bfloat16", help="activations; params stay float32")
     p.add_argument("--sft-steps", type=int, default=400)
     p.add_argument("--sft-batch", type=int, default=64)
@@ -70,8 +74,12 @@ def variants(args) -> dict[str, tuple[SpecConfig, int]]:
     """name -> (spec, window). The default DAS settings are configs/grpo.py's."""
     base = SpecConfig(widths=tuple(int(w) for w in args.widths.split(",")),
                       min_bucket=args.min_bucket)
-    out = {"das": (base, 4)}
-    table = {"no_length_aware": (dataclasses.replace(base, length_aware=False), 4),
+    # Compacted plain decoding: no drafts, finished rows compacted as DAS does, so that
+    # DAS's gain over it is speculation's alone.
+    out = {"plain_compacted": (dataclasses.replace(base, widths=(0,)), 4), "das": (base, 4)}
+    table = {"min_prob_0": (dataclasses.replace(base, min_token_prob=0.0), 4),
+             "widths_32": (dataclasses.replace(base, widths=base.widths + (32,)), 4),
+             "no_length_aware": (dataclasses.replace(base, length_aware=False), 4),
              "no_compaction": (dataclasses.replace(base, compaction=False), 4),
              "window_1": (base, 1), "window_16": (base, 16),
              # The kernels (kernels/): DAS with the XLA verification instead of the Pallas
@@ -110,6 +118,8 @@ def main(argv=None):
     n, g = solution_len, args.num_generations
     cfg = preset(args.preset, vocab_size=TOKENIZER.vocab_size, dtype=args.dtype,
                  param_dtype="float32")
+    if args.layers:
+        cfg = cfg.replace(num_layers=args.layers)
     model = Decoder(cfg)
     opt = SimpleNamespace(weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=1.0)
     schedule = optax.join_schedules([optax.linear_schedule(0.0, args.sft_lr, 20),
@@ -121,7 +131,7 @@ def main(argv=None):
                              state_lib.make_optimizer(opt, schedule), args.seed, False, history)
     report = {"device": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
               "command": "python bench/rollout.py " + " ".join(argv or sys.argv[1:]),
-              "args": vars(args), "steps": []}
+              "args": vars(args), "params": cfg.num_params(), "steps": []}
 
     t0 = time.perf_counter()
     sft = make_sft_step(model)
@@ -146,8 +156,9 @@ def main(argv=None):
         from jaxrl import sharding
         mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
         rows = args.pool * g
-        c_base, c_tok = policy.measure_cost_model(verification_timer(model, rows, mesh),
-                                                  (rows, max(rows // 8, 1)), vs["das"][0].widths)
+        c_base, c_tok = policy.measure_cost_model(
+            verification_timer(model, rows, mesh), (rows, max(rows // 8, 1)),
+            tuple(sorted({w for spec, _ in vs.values() for w in spec.widths})))
         report["cost_model"] = {"c_base_s": c_base, "c_tok_s": c_tok}
         log(f"cost model: {1e3 * c_base:.3f} ms + {1e6 * c_tok:.3f} us/token")
         vs = {k: (dataclasses.replace(s, cost_base=c_base, cost_per_token=c_tok), w)
@@ -183,9 +194,8 @@ def main(argv=None):
                              "tokens_identical": float(np.mean(np.asarray(out.tokens_BN)
                                                                == np.asarray(plain.tokens_BN))),
                              **{k.removeprefix("spec/"): float(v) for k, v in m.items()}}
-                if name == "das":
-                    passes = int(stats.passes)
-                    profiles["das"] = np.asarray(stats.active_N)[:passes].tolist()
+                if name in ("das", "plain_compacted"):
+                    profiles[name] = np.asarray(stats.active_N)[:int(stats.passes)].tolist()
                 log(f"step {step} {name}: {1e3 * secs:.1f} ms vs plain {1e3 * plain_s:.1f} ms "
                     f"= {plain_s / secs:.2f}x, passes {int(stats.passes)} vs {row['plain_passes']}, "
                     f"acceptance {row[name]['acceptance']:.2f}, rows identical "
@@ -201,6 +211,7 @@ def main(argv=None):
     for name in vs:
         secs = sum(r[name]["s"] for r in measured)
         summary[name] = {"s": secs, "speedup": summary["plain_s"] / secs,
+                         "speedup_vs_compacted": sum(r["plain_compacted"]["s"] for r in measured) / secs,
                          **{k: float(np.mean([r[name][k] for r in measured]))
                             for k in ("acceptance", "tokens_per_row_pass", "passes",
                                       "plain_passes", "rows_identical", "acceptance_short",
@@ -209,13 +220,17 @@ def main(argv=None):
     with open(os.path.join(args.out_dir, "rollout.json"), "w") as f:
         json.dump(report, f, indent=1)
     lines = [f"{report['device']}, {report['date']}, `{report['command']}`", "",
-             "| variant | rollout s (sum of steps) | speedup vs plain | passes / plain steps | "
-             "acceptance (short / medium / long) | tokens per row-pass | rows identical |",
-             "|---|---|---|---|---|---|---|",
-             f"| plain | {summary['plain_s']:.3f} | 1.00x | | | 1 | |"]
+             f"Policy: {report['params'] / 1e6:.1f}M params ({args.preset}"
+             f"{f', {args.layers} layers' if args.layers else ''}).", "",
+             "| variant | rollout s (sum of steps) | speedup vs plain | vs compacted plain | "
+             "passes / plain steps | acceptance (short / medium / long) | tokens per row-pass | "
+             "rows identical |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| plain | {summary['plain_s']:.3f} | 1.00x | | | | 1 | |"]
     for name in vs:
         s = summary[name]
-        lines.append(f"| {name} | {s['s']:.3f} | {s['speedup']:.2f}x | {s['passes']:.0f} / "
+        lines.append(f"| {name} | {s['s']:.3f} | {s['speedup']:.2f}x | "
+                     f"{s['speedup_vs_compacted']:.2f}x | {s['passes']:.0f} / "
                      f"{s['plain_passes']:.0f} | {s['acceptance']:.2f} ({s['acceptance_short']:.2f} / "
                      f"{s['acceptance_medium']:.2f} / {s['acceptance_long']:.2f}) | "
                      f"{s['tokens_per_row_pass']:.2f} | {s['rows_identical']:.3f} |")

@@ -179,15 +179,21 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         live_R = live_of(out, rows_R)
         t0_R = out.lengths_B[rows_R]
         active = jnp.sum(~out.stopped_B & (out.lengths_B < n))
-        ctx_RM = drafter.contexts(prompts_BL[rows_R], prompt_lengths_B[rows_R],
-                                  out.tokens_BN[rows_R], t0_R, spec.max_match)
-        live_PGN = drafter.mask_outputs(out.tokens_BN, out.lengths_B).reshape(-1, g, n)
-        corpus_PX = drafter.build_corpus(prompts_PL, plen_P, live_PGN, history_PRN, spec.max_match)
-        budget_R = policy.draft_budgets(class_B[rows_R], active, b, spec.class_budgets,
-                                        kmax, spec.length_aware)
-        d = drafter.draft(ctx_RM, corpus_PX, group_B[rows_R], jnp.where(live_R, budget_R, 0),
-                          max_draft=kmax, spec_factor=spec.spec_factor,
-                          min_token_prob=spec.min_token_prob, max_candidates=spec.max_candidates)
+        if kmax:
+            budget_R = policy.draft_budgets(class_B[rows_R], active, b, spec.class_budgets,
+                                            kmax, spec.length_aware)
+            ctx_RM = drafter.contexts(prompts_BL[rows_R], prompt_lengths_B[rows_R],
+                                      out.tokens_BN[rows_R], t0_R, spec.max_match)
+            live_PGN = drafter.mask_outputs(out.tokens_BN, out.lengths_B).reshape(-1, g, n)
+            corpus_PX = drafter.build_corpus(prompts_PL, plen_P, live_PGN, history_PRN,
+                                             spec.max_match)
+            d = drafter.draft(ctx_RM, corpus_PX, group_B[rows_R], jnp.where(live_R, budget_R, 0),
+                              max_draft=kmax, spec_factor=spec.spec_factor,
+                              min_token_prob=spec.min_token_prob,
+                              max_candidates=spec.max_candidates)
+        else:  # widths=(0,): compacted plain decoding, the baseline that isolates speculation
+            d = drafter.Draft(jnp.zeros((size, 0), jnp.int32), jnp.zeros((size,), jnp.int32),
+                              jnp.zeros((size, 0), jnp.float32), jnp.zeros((size,), jnp.int32))
         w = policy.choose_width(d.probs_BD, live_R, spec.widths, size, spec.cost_base,
                                 spec.cost_per_token)
         branches = [functools.partial(verify_pass, k) for k in spec.widths]

@@ -91,7 +91,10 @@ def test_speculative_equals_plain(model_params, p, g, temperature, top_k, top_p,
     assert (np.asarray(stats.active_N)[:int(stats.passes)] > 0).all()
 
 
-def test_compaction_shrinks_buckets(model_params):
+@pytest.mark.parametrize("widths", [(0, 4), (0,)])
+def test_compaction_shrinks_buckets(model_params, widths):
+    """Also widths=(0,): no drafter in the graph, one token per row per pass, i.e. plain
+    decoding with finished rows compacted (the baseline that isolates speculation)."""
     model, params = model_params
     p, g = 4, 4
     prompts_PL, lengths_P = make_prompts(p, seed=3)
@@ -100,7 +103,7 @@ def test_compaction_shrinks_buckets(model_params):
     key = jax.random.key(5)
     want = plain(model, params, prompts_BL, lengths_B, key, sampling)
     empty = jnp.full((p, 1, N_NEW), -1, jnp.int32)
-    spec = speculative.SpecConfig(widths=(0, 4), min_bucket=2, verify_impl="reference")
+    spec = speculative.SpecConfig(widths=widths, min_bucket=2, verify_impl="reference")
     got, stats = speculative.generate(
         model, params, jnp.asarray(prompts_BL), jnp.asarray(lengths_B),
         jnp.arange(p * g, dtype=jnp.int32), key, sampling, empty,
@@ -112,6 +115,9 @@ def test_compaction_shrinks_buckets(model_params):
     active = np.asarray(stats.active_N)[:passes]
     assert (np.diff(buckets) <= 0).all() and buckets[-1] < p * g  # it did shrink
     assert (active <= buckets).all()  # every live row was in the bucket
+    if widths == (0,):
+        assert int(stats.drafted) == 0
+        assert passes == int(np.asarray(want.lengths_B).max()) - 1
 
 
 def test_spec_config_errors_name_the_field():
