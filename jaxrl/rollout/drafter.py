@@ -51,29 +51,15 @@ def _match_lengths(context_BM: jax.Array, corpus_BX: jax.Array) -> jax.Array:
     return ml_BX
 
 
-def _first_positions(mask_BX: jax.Array, q: int, chunk: int = 32) -> jax.Array:
-    """The first `q` positions where `mask_BX` holds, in order; -1 where fewer.
-
-    A top-k over a whole corpus row sorts it, which costs more than the rest of a draft; so
-    the first `q` chunks that hold a position are picked first (those hold the first `q`
-    positions), then the first `q` positions within those `q * chunk` slots."""
+def _first_positions(mask_BX: jax.Array, q: int) -> jax.Array:
+    """The first `q` positions where `mask_BX` holds, in order; -1 where fewer. By rank
+    (a running count, one scan on a GPU) and a scatter: a top-k over a corpus row would sort
+    it, which cost more than the rest of the draft (bench/das_pass.py)."""
     b, x = mask_BX.shape
-    mask_BCS = jnp.pad(mask_BX, ((0, 0), (0, -x % chunk))).reshape(b, -1, chunk)
-    chunks_BQ = _first_true(jnp.any(mask_BCS, axis=2), q)
-    slots_BQS = jnp.take_along_axis(mask_BCS, jnp.maximum(chunks_BQ, 0)[:, :, None], 1)
-    slots_BQS = slots_BQS & (chunks_BQ >= 0)[:, :, None]
-    first_BQ = _first_true(slots_BQS.reshape(b, -1), q)
-    chunk_of_BQ = jnp.take_along_axis(chunks_BQ, jnp.maximum(first_BQ, 0) // chunk, 1)
-    return jnp.where(first_BQ >= 0, chunk_of_BQ * chunk + first_BQ % chunk, -1)
-
-
-def _first_true(mask_BX: jax.Array, q: int) -> jax.Array:
-    """The first `q` indices where `mask_BX` holds, in order, by a top-k; -1 where fewer."""
-    x = mask_BX.shape[1]
-    score_BX = jnp.where(mask_BX, x - jnp.arange(x, dtype=jnp.int32), 0)
-    top_BQ, _ = jax.lax.top_k(score_BX, min(q, x))  # earliest positions score highest
-    pos_BQ = jnp.where(top_BQ > 0, x - top_BQ, -1)
-    return jnp.pad(pos_BQ, ((0, 0), (0, q - pos_BQ.shape[1])), constant_values=-1)
+    rank_BX = jnp.cumsum(mask_BX.astype(jnp.int32), axis=1)
+    slot_BX = jnp.where(mask_BX & (rank_BX <= q), rank_BX - 1, q)  # slot q: dropped
+    return jnp.full((b, q), -1, jnp.int32).at[jnp.arange(b)[:, None], slot_BX].set(
+        jnp.broadcast_to(jnp.arange(x, dtype=jnp.int32), (b, x)), mode="drop")
 
 
 @functools.partial(jax.jit, static_argnames=("max_draft", "spec_factor", "min_token_prob",

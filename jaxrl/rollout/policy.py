@@ -66,6 +66,18 @@ def choose_width(probs_BD: jax.Array, live_B: jax.Array, widths: tuple[int, ...]
     return jnp.argmax(expected_W / seconds_W).astype(jnp.int32)
 
 
+def free_width(widths: tuple[int, ...], rows: int, cost_base: float, cost_per_token: float,
+               slack: float = 0.1) -> int | None:
+    """Index of the widest width when verifying it over `rows` rows costs within `slack` of
+    verifying none, so that it is the best choice whatever the drafts (their expected
+    tokens only grow with the width); None when the choice depends on the drafts. Known
+    when the bucket is compiled, so such a bucket's passes skip `choose_width` and the
+    data-dependent branch it feeds, which costs a device-to-host sync per pass on a GPU."""
+    cost = lambda k: cost_base + cost_per_token * rows * (k + 1)  # noqa: E731
+    widest = max(widths)
+    return widths.index(widest) if cost(widest) <= (1 + slack) * cost(0) else None
+
+
 def fit_cost_model(tokens: np.ndarray, seconds: np.ndarray) -> tuple[float, float]:
     """Least-squares `(c_base, c_tok)` of `seconds = c_base + c_tok * tokens`, both >= 0."""
     a = np.stack([np.ones_like(tokens, dtype=np.float64), np.asarray(tokens, np.float64)], 1)

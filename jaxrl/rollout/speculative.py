@@ -194,11 +194,16 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         else:  # widths=(0,): compacted plain decoding, the baseline that isolates speculation
             d = drafter.Draft(jnp.zeros((size, 0), jnp.int32), jnp.zeros((size,), jnp.int32),
                               jnp.zeros((size, 0), jnp.float32), jnp.zeros((size,), jnp.int32))
-        w = policy.choose_width(d.probs_BD, live_R, spec.widths, size, spec.cost_base,
-                                spec.cost_per_token)
-        branches = [functools.partial(verify_pass, k) for k in spec.widths]
-        new_cache, tokens_RT, accepted_R, lp_RT, slp_RT = jax.lax.switch(
-            w, branches, rows_R, cache, last_R, d, t0_R)
+        w = policy.free_width(spec.widths, size, spec.cost_base, spec.cost_per_token)
+        if w is None:
+            w = policy.choose_width(d.probs_BD, live_R, spec.widths, size, spec.cost_base,
+                                    spec.cost_per_token)
+            branches = [functools.partial(verify_pass, k) for k in spec.widths]
+            new_cache, tokens_RT, accepted_R, lp_RT, slp_RT = jax.lax.switch(
+                w, branches, rows_R, cache, last_R, d, t0_R)
+        else:
+            new_cache, tokens_RT, accepted_R, lp_RT, slp_RT = verify_pass(
+                spec.widths[w], rows_R, cache, last_R, d, t0_R)
         k_R = jnp.minimum(d.num_B, jnp.asarray(spec.widths)[w])
 
         # Emit the accepted drafts and the bonus token, cut at a stop token and at n.

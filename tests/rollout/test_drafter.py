@@ -360,13 +360,13 @@ def test_above_candidate_cap_is_a_real_continuation():
 @pytest.mark.parametrize("x,density", [(1, 1.0), (31, 0.5), (33, 0.1), (100, 0.0), (1000, 0.01),
                                        (1000, 0.3), (3000, 1.0)])
 def test_first_positions_are_the_earliest_in_order(x, density):
-    """The two-stage (chunks, then slots) selection equals numpy's first `q` nonzero indices,
-    -1 padded, including chunk boundaries, fewer than `q` hits and a ragged last chunk."""
+    """The rank-and-scatter selection equals numpy's first `q` nonzero indices, -1 padded,
+    with no hits, fewer than `q` and all hits."""
     rng = np.random.default_rng(x)
     mask = rng.random((6, x)) < density
     mask[0, :] = False
     for q in (1, 5, 64):
-        got = np.asarray(jax.jit(drafter._first_positions, static_argnums=(1, 2))(mask, q, 32))
+        got = np.asarray(jax.jit(drafter._first_positions, static_argnums=1)(mask, q))
         for b in range(mask.shape[0]):
             want = np.flatnonzero(mask[b])[:q]
             np.testing.assert_array_equal(got[b], np.pad(want, (0, q - len(want)),

@@ -1,0 +1,72 @@
+"""The length-aware draft budget policy and the width cost model (jaxrl/rollout/policy.py),
+on hand-worked cases."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrl.rollout import policy
+from jaxrl.rollout.policy import LONG, MEDIUM, SHORT
+
+
+def test_length_classes_by_rank_of_mean_past_length():
+    # Mean past lengths (0 = empty slot): p0 10, p1 40, p2 no history, p3 25, p4 30, p5 5,
+    # p6 30 (ties p4: the earlier prompt ranks first). Ranks among the 6 with history:
+    # p1 0, p4 1, p6 2, p3 3, p0 4, p5 5 -> fractions 0, 1/6, 2/6, 3/6, 4/6, 5/6.
+    lengths_PR = jnp.asarray([[10, 10], [50, 30], [0, 0], [25, 0], [30, 30], [5, 5], [20, 40]])
+    got = np.asarray(policy.length_classes(lengths_PR, long_frac=0.2, medium_frac=0.4))
+    # long: fraction < 0.2 -> p1, p4; medium: < 0.6 -> p6, p3; short: p0, p5; p2 medium.
+    np.testing.assert_array_equal(got, [SHORT, LONG, MEDIUM, MEDIUM, LONG, SHORT, MEDIUM])
+
+
+def test_length_classes_without_any_history_are_medium():
+    got = policy.length_classes(jnp.zeros((3, 4), jnp.int32), 0.2, 0.4)
+    np.testing.assert_array_equal(got, [MEDIUM] * 3)
+
+
+@pytest.mark.parametrize("active,boost", [(64, 1), (33, 1), (32, 2), (31, 2), (16, 4), (9, 4),
+                                          (8, 8), (1, 64), (0, 64)])
+def test_tail_boost_is_the_power_of_two_below_batch_over_active(active, boost):
+    assert int(policy.tail_boost(jnp.int32(active), 64)) == boost
+
+
+def test_draft_budgets_scale_with_the_tail_and_cap_at_max_draft():
+    class_B = jnp.asarray([SHORT, MEDIUM, LONG, LONG])
+    budgets = (4, 8, 16)
+    full = policy.draft_budgets(class_B, jnp.int32(64), 64, budgets, 16, True)
+    np.testing.assert_array_equal(full, [4, 8, 16, 16])
+    tail = policy.draft_budgets(class_B, jnp.int32(20), 64, budgets, 16, True)  # boost 2
+    np.testing.assert_array_equal(tail, [8, 16, 16, 16])
+    flat = policy.draft_budgets(class_B, jnp.int32(1), 64, budgets, 16, False)
+    np.testing.assert_array_equal(flat, [8, 8, 8, 8])
+
+
+def test_choose_width_maximises_expected_tokens_per_second():
+    # Two live rows, one dead. Expected tokens (1 + running probabilities) for widths 0, 2, 4:
+    # row 0 probs .9 .8 .5 .1 -> 1, 2.7, 3.3; row 1 probs .5 .2 0 0 -> 1, 1.7, 1.7.
+    probs_BD = jnp.asarray([[.9, .8, .5, .1], [.5, .2, 0, 0], [1, 1, 1, 1]], jnp.float32)
+    live_B = jnp.asarray([True, True, False])
+    # Cost per pass over 3 rows: base + c * 3 * (k + 1).
+    # base 1, c 0.1: 2/1.3=1.54, 4.4/1.9=2.32, 5.0/2.5=2.0 -> width 2.
+    assert int(policy.choose_width(probs_BD, live_B, (0, 2, 4), 3, 1.0, 0.1)) == 1
+    # base 10 (verification nearly free): 2/10.3, 4.4/10.9, 5.0/11.5=0.435 -> width 4.
+    assert int(policy.choose_width(probs_BD, live_B, (0, 2, 4), 3, 10.0, 0.1)) == 2
+    # base 0 (cost per token only): 2/0.3=6.67 beats 4.4/0.9 and 5/1.5 -> width 0.
+    assert int(policy.choose_width(probs_BD, live_B, (0, 2, 4), 3, 0.0, 0.1)) == 0
+
+
+def test_free_width_only_when_the_widest_costs_within_the_slack():
+    # base 1, c 0.001: 8 rows x 17 tokens cost 1.136 against 1.008 (+12.7%): not free at 10%,
+    # free at 15%; 4 rows cost 1.068 against 1.004 (+6.4%): free.
+    assert policy.free_width((0, 4, 8, 16), 8, 1.0, 0.001) is None
+    assert policy.free_width((0, 4, 8, 16), 8, 1.0, 0.001, slack=0.15) == 3
+    assert policy.free_width((0, 4, 8, 16), 4, 1.0, 0.001) == 3
+    assert policy.free_width((16, 0, 4), 4, 1.0, 0.001) == 0  # index into widths as given
+    assert policy.free_width((0, 4), 1, 0.0, 1.0) is None  # no base cost: never free
+
+
+def test_fit_cost_model_recovers_a_line_and_clamps_at_zero():
+    tokens = np.asarray([8, 40, 136, 512, 2560])
+    c_base, c_tok = policy.fit_cost_model(tokens, 4e-4 + 9e-8 * tokens)
+    assert c_base == pytest.approx(4e-4, rel=1e-9) and c_tok == pytest.approx(9e-8, rel=1e-9)
+    c_base, c_tok = policy.fit_cost_model(tokens, -1e-4 + 1e-6 * tokens)  # negative intercept
+    assert c_base == 0.0 and c_tok == pytest.approx(1e-6, rel=1e-6)
