@@ -97,7 +97,8 @@ def get_config(arg=None):
     c.rollout.speculative = arg.speculative
     c.rollout.window = 4  # a prompt's rollouts from its last `window` appearances
     c.rollout.history_slots = 0  # prompts kept in the history; 0 = all (at most 4096)
-    c.rollout.widths = (0, 4, 8, 16)  # drafted tokens verified per row: one compile each
+    c.rollout.widths = (0, 4, 8, 16)  # drafted tokens verified per row: one compile each;
+    # (0,) drafts nothing: plain decoding with finished rows compacted
     c.rollout.max_match = 16  # longest context suffix matched against the history
     c.rollout.spec_factor = 1.0  # draft at most spec_factor * match length
     c.rollout.min_token_prob = 0.1  # stop a draft below this running probability
@@ -108,7 +109,7 @@ def get_config(arg=None):
     c.rollout.medium_frac = 0.4  # the next 40% medium
     c.rollout.compaction = True  # move live rows into smaller buckets as rows finish
     c.rollout.min_bucket = 8
-    c.rollout.fit_cost_model = True  # time verification passes on this device at start
+    c.rollout.fit_cost_model = True  # time verification passes at start (DIR/cost_model.json)
     c.rollout.cost_base = 1.0  # else: pass cost = cost_base + cost_per_token * tokens
     c.rollout.cost_per_token = 0.002
     c.rollout.verify_impl = "auto"  # auto | pallas | reference (kernels/spec_verify.py)
