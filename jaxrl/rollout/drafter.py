@@ -70,9 +70,9 @@ def draft(context_BM: jax.Array, corpus_PX: jax.Array, group_B: jax.Array, budge
     """Drafts up to `max_draft` tokens per row from corpus `group_B[b]` (module docstring).
 
     `context_BM` holds each row's last M = max_match context tokens, right-aligned, -2 before
-    a shorter context. The walk reads each candidate occurrence's next `max_draft` corpus
-    tokens once, then narrows the surviving occurrences token by token: a few fused ops per
-    drafted token, since a decode pass cannot afford many small kernels."""
+    a shorter context. Each candidate occurrence's next `max_draft` corpus tokens are read
+    once, and the walk over them is computed in one piece (`_greedy_path`), since a decode
+    pass cannot afford many small kernels."""
     corpus_BX = corpus_PX[group_B]
     b, x = corpus_BX.shape
     ml_BX = _match_lengths(context_BM, corpus_BX)

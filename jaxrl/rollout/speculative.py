@@ -8,6 +8,12 @@ bonus token). The samples come from the same rule as plain decoding
 logits (ARCHITECTURE.md, invariant 1). Rejected positions are rolled back by setting the
 row's cache length; their stale keys are never read and get overwritten.
 
+The number of drafted tokens verified per row (the width) is one of a few compiled ones,
+chosen each pass by the cost model (`policy.choose_width`), or fixed to the widest in buckets
+so small that it costs about as much as verifying none (`policy.free_width`).
+`widths=(0,)` drafts nothing: plain decoding with the compaction below, the baseline that
+isolates what speculation adds.
+
 Finished rows stop costing compute: the batch runs in buckets of B, B/2, B/4, ... rows;
 once the live rows fit the next bucket they are gathered into it (cache included), and
 results are written back to the full-batch arrays by row index.
