@@ -149,6 +149,47 @@ def test_fitted_cost_model_is_kept_for_a_resumed_run(tmp_path, monkeypatch):
     assert (other.cost_base, other.cost_per_token) == (5e-3, 9e-7)
 
 
+_COST_MODEL_WORKER = """
+import json, sys
+import jax
+pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+from jaxrl import sharding
+from jaxrl.config_utils import load_config_file
+from jaxrl.rl import train
+train.length_policy.measure_cost_model = lambda *a, **k: ((pid + 1) * 1e-3, (pid + 1) * 1e-7)
+c = load_config_file(sys.argv[4], "model=tiny,speculative=True")
+model = train.load_policy(c, train.make_source(c).tokenizer)[0]
+spec = train.spec_config(c, model, sharding.make_mesh(c.mesh), 4, workdir)
+print("FIT", json.dumps([spec.cost_base, spec.cost_per_token]))
+"""
+
+
+def test_fitted_cost_model_is_process_0s_on_every_process(tmp_path):
+    """Two local processes (jax.distributed on 127.0.0.1) time different costs; both must
+    use process 0's, or they would compile different width choices into one program."""
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", _COST_MODEL_WORKER, str(pid), port,
+                               str(tmp_path), str(ROOT / "configs/grpo.py")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for pid in (0, 1)]
+    fits = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        fits.append(json.loads(out.split("FIT ", 1)[1]))
+    assert fits[0] == fits[1] == pytest.approx([1e-3, 1e-7], rel=1e-6)  # (sent as float32)
+    with open(tmp_path / "cost_model.json") as f:
+        saved = json.load(f)
+    assert [saved["c_base_s"], saved["c_tok_s"]] == fits[0]
+
+
 def test_sigterm_saves_and_exits_then_resume_finishes(tmp_path):
     config = tiny_config(sft_steps=40, rl_steps=0)
     config.checkpoint.every = 1000  # only the SIGTERM save and the final save
