@@ -1,0 +1,44 @@
+"""Smoke runs of the DAS benchmarks on CPU, so that the scripts a GPU session depends on
+still run, and so that the rollout benchmark's own identity check holds: in float32 every
+variant's tokens equal plain decoding's."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_bench(script, *args):
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_rollout_bench_variants_reproduce_plain_decoding(tmp_path):
+    run_bench("rollout.py", "--preset", "tiny", "--dtype", "float32", "--sft-steps", "2",
+              "--warm-steps", "1", "--steps", "1", "--pool", "2", "--num-generations", "4",
+              "--repeats", "1", "--ablations", "no_compaction", "--fit-cost-model", "0",
+              "--out-dir", str(tmp_path))
+    report = json.loads((tmp_path / "rollout.json").read_text())
+    summary = report["summary"]
+    assert set(summary) == {"plain_s", "plain_compacted", "das", "no_compaction"}
+    for name in ("plain_compacted", "das", "no_compaction"):
+        assert summary[name]["rows_identical"] == 1.0, name
+        assert summary[name]["s"] > 0
+    assert summary["plain_compacted"]["passes"] == summary["plain_compacted"]["plain_passes"]
+    assert "| das |" in (tmp_path / "rollout.md").read_text()
+
+
+def test_das_pass_bench_times_every_piece(tmp_path):
+    run_bench("das_pass.py", "--preset", "tiny", "--rows", "8", "--iters", "1",
+              "--max-new-tokens", "24", "--prompt-len", "8", "--context", "16", "--widths", "2",
+              "--out-dir", str(tmp_path))
+    (row,) = json.loads((tmp_path / "das_pass.json").read_text())["results"]
+    assert row["rows"] == 8
+    assert set(row["ms"]) == {"decode_step", "verify_2", "corpus", "draft", "match",
+                              "candidates", "switch", "no_switch"}
+    assert all(ms > 0 for ms in row["ms"].values())
