@@ -78,7 +78,9 @@ def variants(args) -> dict[str, tuple[SpecConfig, int]]:
     # DAS's gain over it is speculation's alone.
     out = {"plain_compacted": (dataclasses.replace(base, widths=(0,)), 4), "das": (base, 4)}
     table = {"min_prob_0": (dataclasses.replace(base, min_token_prob=0.0), 4),
-             "widths_32": (dataclasses.replace(base, widths=base.widths + (32,)), 4),
+             # Drafts reach 32 tokens only if spec_factor * max_match allows it.
+             "drafts_32": (dataclasses.replace(base, widths=base.widths + (32,),
+                                               spec_factor=2.0), 4),
              "no_length_aware": (dataclasses.replace(base, length_aware=False), 4),
              "no_compaction": (dataclasses.replace(base, compaction=False), 4),
              "window_1": (base, 1), "window_16": (base, 16),
