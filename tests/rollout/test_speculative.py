@@ -12,7 +12,7 @@ import pytest
 
 from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder, init_params
-from jaxrl.rollout import drafter, speculative
+from jaxrl.rollout import drafter, policy, speculative
 from jaxrl.rollout.decode import generate
 from jaxrl.rollout.policy import MEDIUM
 from jaxrl.rollout.sampling import SamplingParams
@@ -103,7 +103,8 @@ def test_compaction_shrinks_buckets(model_params, widths):
     key = jax.random.key(5)
     want = plain(model, params, prompts_BL, lengths_B, key, sampling)
     empty = jnp.full((p, 1, N_NEW), -1, jnp.int32)
-    spec = speculative.SpecConfig(widths=widths, min_bucket=2, verify_impl="reference")
+    spec = speculative.SpecConfig(widths=widths, min_bucket=2, cost_per_token=0.0025,
+                                  verify_impl="reference")
     got, stats = speculative.generate(
         model, params, jnp.asarray(prompts_BL), jnp.asarray(lengths_B),
         jnp.arange(p * g, dtype=jnp.int32), key, sampling, empty,
@@ -118,6 +119,11 @@ def test_compaction_shrinks_buckets(model_params, widths):
     if widths == (0,):
         assert int(stats.drafted) == 0
         assert passes == int(np.asarray(want.lengths_B).max()) - 1
+    else:  # buckets of <= 10 rows verify the widest width with no choice (policy.free_width)
+        free = [policy.free_width(widths, int(r), spec.cost_base, spec.cost_per_token)
+                for r in buckets]
+        assert None in free and 1 in free, buckets
+        assert (np.asarray(stats.width_N)[:passes][np.equal(free, 1)] == 4).all()
 
 
 def test_spec_config_errors_name_the_field():
