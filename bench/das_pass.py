@@ -120,8 +120,9 @@ def main(argv=None):
             ml_BX = drafter._match_lengths(ctx_BM, corpus_PX[group_B])
             return acc + jnp.max(ml_BX, axis=1).sum()
 
+        x = corpus_and_contexts(0)[1].shape[1]
+
         def candidates_body(i, acc):
-            x = corpus_and_contexts(0)[1].shape[1]
             mask_BX = (jnp.arange(x) * (i + 7) + group_B[:, None]) % 131 == 0
             return acc + drafter._first_positions(mask_BX, args.max_candidates).sum()
 
@@ -151,7 +152,6 @@ def main(argv=None):
             return jax.lax.switch(w, [lambda a, k=k: a * 3 + k for k in range(4)], acc_B)
 
         last_B = jnp.zeros((rows,), jnp.int32)
-        x = corpus_and_contexts(0)[1].shape[1]
         row = {"rows": rows, "corpus_tokens": x, "ms": {}}
         pieces = {"decode_step": (decode_body, (cache, last_B)),
                   **{f"verify_{k}": (functools.partial(verify_body, k), (cache, last_B))

@@ -118,11 +118,10 @@ def _greedy_path(cont_BQD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     same_BQQD = cont_BQD[:, :, None, :] == cont_BQD[:, None, :, :]
     differ_BQQ = ~jnp.all(same_BQQD, axis=3)
     first_diff_BQQ = jnp.argmax(~same_BQQD, axis=3)
-    # shared_BQQD[b, q, r, j]: candidates q and r agree on depths 0..j.
-    shared_BQQD = jnp.arange(d) < jnp.where(differ_BQQ, first_diff_BQQ, d)[..., None]
-    count_BQD = jnp.where(ended_BQD, 0, jnp.sum(shared_BQQD, axis=2))
-    shared_before_BQQD = jnp.arange(d) <= jnp.where(differ_BQQ, first_diff_BQQ, d)[..., None]
-    total_BQD = jnp.sum(shared_before_BQQD & ~ended_BQD[:, None, :, :], axis=2)
+    # Candidates q and r agree on depths 0 .. common - 1.
+    common_BQQ1 = jnp.where(differ_BQQ, first_diff_BQQ, d)[..., None]
+    count_BQD = jnp.where(ended_BQD, 0, jnp.sum(jnp.arange(d) < common_BQQ1, axis=2))
+    total_BQD = jnp.sum((jnp.arange(d) <= common_BQQ1) & ~ended_BQD[:, None, :, :], axis=2)
     # beats_BQQ[b, q, r]: q's (count, -token) is larger than r's where they first differ.
     at_diff = lambda x_BQD: jnp.take_along_axis(  # noqa: E731
         x_BQD[:, :, None, :], first_diff_BQQ[..., None], axis=3)[..., 0]
