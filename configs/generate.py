@@ -19,7 +19,9 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict()
     c.model.preset = arg.model  # random weights of this shape, unless path is set
     c.model.path = ""  # an HF checkpoint directory (config.json + safetensors + tokenizer.json)
-    c.model.dtype = "bfloat16"
+    c.model.dtype = "bfloat16"  # activations
+    c.model.param_dtype = "bfloat16"
+    c.model.vocab_size = 0  # 0 = the tokenizer's
 
     c.prompts = ("12+7=", "Countdown: reach 24 with 3 4 6 8.", "The quick brown fox")
     c.num_samples = 2  # completions per prompt

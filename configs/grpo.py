@@ -11,6 +11,9 @@
 The default trains the `small` random-init policy on easy Countdown in a few minutes on a
 2-core CPU, and reports held-out accuracy before and after RL.
 
+Every field below is read by a typed config (jaxrl/jobs/train.py: TrainConfig), which checks
+it before anything compiles; an unknown or missing field is an error.
+
 `data=jsonl` trains the HF checkpoint at `model.path` with GRPO (no SFT: JSONL rows have
 final answers, not reference completions) on `manual_dir/train.jsonl` (rows as
 jaxrl/tasks/tfds_builders.py reads them: GSM8K, MATH or DeepScaleR style), rewards 1 for a
@@ -54,7 +57,7 @@ def get_config(arg=None):
     c.model.path = ""  # an HF checkpoint dir (data=jsonl); '' = random init of the preset
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
-    c.model.vocab_size = 0  # 0 = the tokenizer's; a preset's real vocab gives its real costs (bench)
+    c.model.vocab_size = 0  # 0 = the tokenizer's; a preset's real vocab gives its real costs (bench/)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.warmup_steps = 20
@@ -86,8 +89,15 @@ def get_config(arg=None):
     c.rl.kl_estimator = "k3"  # k1 | k2 | k3
     c.rl.num_minibatches = 2
     c.rl.num_epochs = 1
-    c.rl.old_logprobs = "sampler"  # sampler | recompute
-    c.rl.dynamic_sampling = True  # mask groups whose rewards are all equal
+    # The PPO ratio's denominator: 'recompute' runs the trainer's forward once before the
+    # updates, so that it does not depend on how the rollout was decoded (speculative
+    # verification computes the sampler's log-probs in k+1-token passes, which differ from
+    # plain decoding's in the last bits): training is then bit-identical with and without
+    # DAS. 'sampler' reuses the rollout's log-probs and saves that forward.
+    c.rl.old_logprobs = "recompute"  # recompute | sampler
+    # Groups whose rewards are all equal have advantage 0; masking them keeps their tokens
+    # out of the token-mean (static shapes: they are not resampled, DAPO-style).
+    c.rl.mask_zero_signal = True
     c.rl.overlong_filter = False  # mask completions cut at max_new_tokens
     c.rl.format_coef = 0.0
     c.rl.split_phases = True  # three jits, timed; False = one jit (same results)

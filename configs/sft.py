@@ -8,7 +8,8 @@ from jaxrl.config_utils import load_config_file
 
 
 def get_config(arg=None):
-    c = load_config_file(str(pathlib.Path(__file__).with_name("grpo.py")), arg)
-    c.sft.steps = c.sft.steps or 300
+    # 300 SFT steps unless the arg says otherwise (a later key wins in parse_arg).
+    c = load_config_file(str(pathlib.Path(__file__).with_name("grpo.py")),
+                         ",".join(filter(None, ("sft_steps=300", arg))))
     c.rl.steps = 0
     return c

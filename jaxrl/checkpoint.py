@@ -28,6 +28,7 @@ Layout: `workdir/checkpoints/<step>/{state, metadata}`, where `metadata` is a JS
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -43,6 +44,21 @@ _STATE = "state"
 _METADATA = "metadata"
 
 PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """`config.checkpoint`: save every `every` steps (and at the end and on preemption),
+    keeping the newest `max_to_keep`."""
+
+    every: int
+    max_to_keep: int
+
+    def __post_init__(self):
+        for name in ("every", "max_to_keep"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config.checkpoint.{name} must be >= 1, got "
+                                 f"{getattr(self, name)}")
 
 
 class Checkpointer:

@@ -218,7 +218,6 @@ class Progress:
         self._last: tuple[int, float] | None = None  # (step, time) of the previous update
         self.step_time: float | None = None
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._open_line = False
 
     def update(self, step: int, **shown: Any) -> None:
         step = int(step)
@@ -234,7 +233,6 @@ class Progress:
         if self._tty:
             end = "\n" if step >= self.total_steps else ""
             self.stream.write("\r" + line + "\x1b[K" + end)
-            self._open_line = not end
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
@@ -254,13 +252,6 @@ class Progress:
         if shown:
             parts.append(" ".join(f"{k}={format_value(v)}" for k, v in shown.items()))
         return " | ".join(parts)
-
-    def close(self) -> None:
-        """Ends a line left open on a terminal."""
-        if self._open_line:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._open_line = False
 
 
 def summary_table(rows: Mapping[str, Any] | Iterable[tuple[str, Any]],

@@ -8,6 +8,7 @@ or a TPU slice.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
@@ -30,8 +31,26 @@ DEFAULT_RULES: Rules = (
 )
 
 
-def make_mesh(shape: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """`config.mesh`: devices along each axis; one size may be -1 = all remaining devices."""
+
+    data: int
+    fsdp: int
+    tensor: int
+
+    def __post_init__(self):
+        sizes = dataclasses.astuple(self)
+        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ValueError(f"config.mesh sizes must be positive, with at most one -1; got "
+                             f"{dataclasses.asdict(self)}")
+
+
+def make_mesh(shape: Mapping[str, int] | MeshConfig,
+              devices: Sequence[Any] | None = None) -> Mesh:
     """A mesh with axes (data, fsdp, tensor); one size may be -1 for 'all remaining devices'."""
+    if isinstance(shape, MeshConfig):
+        shape = dataclasses.asdict(shape)
     devices = list(jax.devices() if devices is None else devices)
     unknown = set(shape) - set(MESH_AXES)
     if unknown:

@@ -1,28 +1,27 @@
 """The entry point: the generate job end to end, and config errors before any compile."""
 import json
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from jaxrl.config_utils import load_config_file
+from configs import ROOT, config_dict
 from jaxrl import main
+from jaxrl.jobs import generate
 from jaxrl.models.tokenizer import CharTokenizer
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def get_config(arg=None):
-    return load_config_file(str(ROOT / "configs/generate.py"), arg)
+    return config_dict("generate", arg)
 
 
 def test_generate_job_writes_completions(tmp_path):
     config = get_config()
     config.sampling.max_new_tokens = 5
     config.model.dtype = "float32"
-    main.validate(config)
-    summary = main.run_generate(config, str(tmp_path))
+    job, cfg = main.typed_config(config)
+    assert job is generate
+    summary = generate.run(cfg, str(tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == len(config.prompts) * config.num_samples == summary["rows"]
     tok = CharTokenizer()
@@ -40,14 +39,33 @@ def test_generate_job_writes_completions(tmp_path):
     ("model.dtype", "int8", "config.model.dtype='int8'"),
     ("num_samples", 0, "num_samples must be >= 1"),
     ("sampling.max_new_tokens", 0, "max_new_tokens must be >= 1"),
-    ("sampling.top_p", 1.5, "top_p must be in"),
+    ("sampling.top_p", 1.5, "config.sampling.top_p must be in"),
 ])
 def test_bad_config_is_named(field, value, match):
     config = get_config()
     node, _, leaf = field.rpartition(".")
     (config[node] if node else config)[leaf] = value
     with pytest.raises(ValueError, match=match):
-        main.validate(config)
+        main.typed_config(config)
+
+
+def test_unknown_and_missing_fields_are_named():
+    config = get_config().to_dict()
+    config["sampling"]["temprature"] = 0.5
+    with pytest.raises(ValueError, match="config.sampling has no field temprature; "
+                                         "config.sampling has: max_new_tokens, temperature"):
+        main.typed_config(config)
+    config = get_config().to_dict()
+    del config["model"]["dtype"]
+    with pytest.raises(ValueError, match="config.model lacks dtype"):
+        main.typed_config(config)
+
+
+def test_wrong_types_are_named():
+    config = get_config().to_dict()
+    config["num_samples"] = "2"
+    with pytest.raises(ValueError, match="config.num_samples='2' is a str, not a int"):
+        main.typed_config(config)
 
 
 def test_config_string_args():

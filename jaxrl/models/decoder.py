@@ -174,7 +174,7 @@ class Decoder(nn.Module):
     def __call__(self, tokens_BT: jax.Array, *, cache: KVCache | None = None,
                  attention_mask_BT: jax.Array | None = None,
                  positions_BT: jax.Array | None = None, prefill: bool = False,
-                 logits_at_BK: jax.Array | None = None, return_hidden: bool = False):
+                 logits_at_BK: jax.Array | None = None):
         """Logits `[B, T, V]` (float32), or `(logits, cache)` when a cache is given.
 
         Without a cache: causal attention over `tokens_BT`; `attention_mask_BT` (1 = token)
@@ -203,9 +203,8 @@ class Decoder(nn.Module):
         else:
             unembed_EV = self.param("lm_head", _init(("embed", "vocab")),
                                     (cfg.hidden_size, cfg.vocab_size), cfg.jnp_param_dtype)
-        out = x_BTE if return_hidden else jnp.einsum(
-            "bte,ev->btv", x_BTE, unembed_EV.astype(cfg.jnp_dtype),
-            preferred_element_type=jnp.float32)
+        out = jnp.einsum("bte,ev->btv", x_BTE, unembed_EV.astype(cfg.jnp_dtype),
+                         preferred_element_type=jnp.float32)
         if cache is None:
             return out
         return out, cache.advance(tokens_BT.shape[1])

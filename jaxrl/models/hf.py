@@ -1,8 +1,9 @@
 """Hugging Face checkpoints <-> `Decoder` params: config mapping, safetensors load and save.
 
-    model, params = hf.load("/ckpt/Qwen2.5-0.5B-Instruct", dtype="bfloat16")
+    model, params = hf.load("/ckpt/Qwen2.5-0.5B-Instruct", dtype="bfloat16")  # or jnp.bfloat16
     logits_BTV = model.apply({"params": params}, tokens_BT)   # model.cfg is the ModelConfig
-    hf.save("/out", model.cfg, params, eos_ids=(151645,))     # AutoModelForCausalLM can load it
+    hf.save("/out", model, params, eos_ids=(151645,))  # or model.cfg; transformers loads it
+    hf.export("/out", model, params, src="/ckpt/...", eos_ids=tok.eos_ids)  # + tokenizer files
 
 Supported: LlamaForCausalLM (with or without llama3 RoPE scaling), Qwen2ForCausalLM,
 Qwen3ForCausalLM. A config.json field that changes the math in a way the Decoder does not
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 from collections.abc import Sequence
 
 import jax
@@ -30,6 +32,11 @@ GENERATION_CONFIG_FILE = "generation_config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # "5GB", the shard size of most Hub checkpoints
+# Copied from the source checkpoint by `export`, where present: what a server needs besides
+# the weights (generation_config.json keeps the checkpoint's sampling defaults and eos ids).
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+              "generation_config.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,14 +271,25 @@ def _weight_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
     raise FileNotFoundError(f"{path} holds neither {WEIGHTS_FILE} nor {INDEX_FILE}")
 
 
-def load(path: str | pathlib.Path, dtype: str = "bfloat16") -> tuple[Decoder, dict]:
-    """(Decoder, params) from a HF checkpoint directory; params are jnp arrays in `dtype`.
+def _dtype_name(dtype) -> str:
+    """'bfloat16' for "bfloat16", jnp.bfloat16 or np.dtype('bfloat16') alike."""
+    try:
+        return jnp.dtype(dtype).name
+    except TypeError:
+        raise ValueError(f"dtype={dtype!r} is not a dtype") from None
+
+
+def load(path: str | pathlib.Path, dtype="bfloat16") -> tuple[Decoder, dict]:
+    """(Decoder, params) from a HF checkpoint directory; params are jnp arrays in `dtype`
+    (a name or a dtype: "bfloat16", jnp.float32, ...).
 
     Raises ValueError for an unsupported config.json, and for missing, unexpected or
     misshapen tensors (naming them). A tied checkpoint's lm_head.weight is ignored.
     """
     path = pathlib.Path(path)
-    cfg = config_from_hf(json.loads((path / CONFIG_FILE).read_text()), dtype)
+    if not (path / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{path} has no {CONFIG_FILE}: not an HF checkpoint directory")
+    cfg = config_from_hf(json.loads((path / CONFIG_FILE).read_text()), _dtype_name(dtype))
     layout = _hf_layout(cfg)
     files = _weight_files(path)
     # Tied checkpoints sometimes store the copy; old Llama ones store RoPE buffers.
@@ -326,14 +344,16 @@ def _shards(sizes: dict[str, int], max_shard_bytes: int) -> list[list[str]]:
     return shards
 
 
-def save(path: str | pathlib.Path, cfg: ModelConfig, params: dict, *,
+def save(path: str | pathlib.Path, model: Decoder | ModelConfig, params: dict, *,
          eos_ids: Sequence[int] = (), bos_id: int | None = None,
          max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
     """Writes config.json, generation_config.json and safetensors weights (sharded with an
     index past `max_shard_bytes`) that `transformers.AutoModelForCausalLM` loads exactly.
 
-    Tensors are written in `cfg.param_dtype`; `params` must be fully addressable here.
+    `model` is the Decoder or its ModelConfig. Tensors are written in the config's
+    `param_dtype`; `params` must be fully addressable here.
     """
+    cfg = model.cfg if isinstance(model, Decoder) else model
     path = pathlib.Path(path)
     _check_params(cfg, params)
     layout = _hf_layout(cfg)
@@ -363,3 +383,15 @@ def save(path: str | pathlib.Path, cfg: ModelConfig, params: dict, *,
     (path / CONFIG_FILE).write_text(json.dumps(config_to_hf(cfg, eos_ids, bos_id), indent=2))
     generation = {"bos_token_id": bos_id, "eos_token_id": _one_or_list(eos_ids)}
     (path / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=2))
+
+
+def export(path: str | pathlib.Path, model: Decoder | ModelConfig, params, *,
+           src: str | pathlib.Path, eos_ids: Sequence[int] = ()) -> None:
+    """`save` plus the source checkpoint's tokenizer and generation files (`SIDE_FILES`), so
+    that transformers, vLLM and SGLang serve the result as they served `src`."""
+    src, path = pathlib.Path(src), pathlib.Path(path)
+    bos_id = json.loads((src / CONFIG_FILE).read_text()).get("bos_token_id")
+    save(path, model, jax.device_get(params), eos_ids=eos_ids, bos_id=bos_id)
+    for name in SIDE_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, path / name)

@@ -1,32 +1,96 @@
 """One GRPO step as pure functions: rollout -> reward -> advantages -> minibatch updates.
 
-    rollout, spec_stats = rollout_phase(model, rl, state, prompts, prompt_ids)
+    rollout, spec_stats = rollout_phase(model, rl, rollout_cfg, state, prompts, prompt_ids)
     rewards_B, reward_metrics = reward(rollout..., targets)
     state, metrics = update_phase(model, rl, state, prompts, prompt_ids, rollout, rewards_B)
 
-`make_step` composes them in one `jax.jit` with the state donated (a JAX reward), or in two
-jits split at a host reward. `rl` is the `config.rl` ConfigDict (static).
+`make_step` composes them in one `jax.jit` with the state donated (a JAX reward), or in three
+jits split at the reward (a host reward, or `rl.split_phases`). Shape letters:
+docs/DESIGN.md#glossary (P prompts, G generations per prompt, B = P * G rows).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
 import jax
 import jax.numpy as jnp
 
+from jaxrl.config_utils import at_least, one_of, positive
 from jaxrl.models.decoder import Decoder
 from jaxrl.rl import advantages as adv_lib
 from jaxrl.rl import losses
 from jaxrl.rl.logprobs import completion_logits, completion_mask, token_logprobs
 from jaxrl.rl.state import TrainState, apply_gradients
-from jaxrl.rollout import drafter, speculative
-from jaxrl.rollout import policy as length_policy
+from jaxrl.rollout import das
 from jaxrl.rollout.decode import Rollout, generate
-from jaxrl.rollout.sampling import SamplingParams
-from jaxrl.rollout.speculative import SpecConfig
+from jaxrl.rollout.sampling import SamplingParams, check_sampling
 
 _ROLLOUT_SALT, _SHUFFLE_SALT = 0, 1
+OLD_LOGPROBS = ("recompute", "sampler")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """`config.rl` (configs/grpo.py explains each field)."""
+
+    steps: int
+    learning_rate: float
+    num_prompts: int
+    num_generations: int
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    advantage: str
+    clip_low: float
+    clip_high: float
+    dual_clip: float
+    loss_agg: str
+    kl_coef: float
+    kl_estimator: str
+    num_minibatches: int
+    num_epochs: int
+    old_logprobs: str
+    mask_zero_signal: bool
+    overlong_filter: bool
+    format_coef: float
+    split_phases: bool
+
+    def __post_init__(self):
+        p = "config.rl"
+        at_least(f"{p}.steps", self.steps, 0)
+        positive(f"{p}.learning_rate", self.learning_rate)
+        for name in ("num_prompts", "num_minibatches", "num_epochs"):
+            at_least(f"{p}.{name}", getattr(self, name), 1)
+        if not self.num_generations >= 2:
+            raise ValueError(f"{p}.num_generations must be >= 2 for group advantages, got "
+                             f"{self.num_generations}")
+        if (self.num_prompts * self.num_generations) % self.num_minibatches:
+            raise ValueError(f"{p}.num_minibatches={self.num_minibatches} must divide "
+                             f"num_prompts * num_generations = "
+                             f"{self.num_prompts * self.num_generations}")
+        at_least(f"{p}.max_new_tokens", self.max_new_tokens, 0)
+        if not self.temperature > 0:
+            raise ValueError(f"{p}.temperature must be > 0 for GRPO, got {self.temperature}: "
+                             "greedy rollouts make every group's completions equal, so every "
+                             "advantage and gradient is 0")
+        check_sampling(self.temperature, self.top_k, self.top_p, f"{p}.")
+        one_of(f"{p}.advantage", self.advantage, adv_lib.METHODS)
+        one_of(f"{p}.loss_agg", self.loss_agg, losses.AGG_MODES)
+        one_of(f"{p}.kl_estimator", self.kl_estimator, losses.KL_KINDS)
+        one_of(f"{p}.old_logprobs", self.old_logprobs, OLD_LOGPROBS)
+        if not 0 <= self.clip_low < 1:
+            raise ValueError(f"{p}.clip_low must be in [0, 1), got {self.clip_low}")
+        at_least(f"{p}.clip_high", self.clip_high, 0)
+        if self.dual_clip and not self.dual_clip > 1:
+            raise ValueError(f"{p}.dual_clip must be 0 (off) or > 1, got {self.dual_clip}")
+        at_least(f"{p}.kl_coef", self.kl_coef, 0)
+        at_least(f"{p}.format_coef", self.format_coef, 0)
+
+    def replace(self, **kw) -> "RLConfig":
+        return dataclasses.replace(self, **kw)
 
 
 def repeat_groups(x_P, g: int):
@@ -34,11 +98,11 @@ def repeat_groups(x_P, g: int):
     return jnp.repeat(x_P, g, axis=0)
 
 
-def rollout_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_lengths_P,
-                  prompt_ids_P, *, max_new_tokens: int, stop_tokens: tuple[int, ...],
-                  pad_id: int, spec: SpecConfig | None = None):
-    """`(rollout, spec_stats)`: plain decoding (`spec_stats` None), or speculative decoding
-    from `state.history` when `spec` is given; the tokens are the same either way."""
+def rollout_phase(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig,
+                  state: TrainState, prompts_PL, prompt_lengths_P, prompt_ids_P, *,
+                  max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int):
+    """`(rollout, spec_stats)`: plain decoding (`spec_stats` None), or DAS speculative
+    decoding from `state.history` with `rollout_cfg.speculative`; the same tokens either way."""
     g = rl.num_generations
     prompts_BL = repeat_groups(prompts_PL, g)
     b = prompts_BL.shape[0]
@@ -46,29 +110,9 @@ def rollout_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_leng
     args = (model, state.params, prompts_BL, repeat_groups(prompt_lengths_P, g),
             jnp.arange(b, dtype=jnp.int32), state.key(_ROLLOUT_SALT), sampling)
     kw = dict(max_new_tokens=max_new_tokens, stop_tokens=stop_tokens, pad_id=pad_id)
-    if spec is None:
+    if not rollout_cfg.speculative:
         return generate(*args, **kw), None
-    past_PRN, past_lengths_PR = drafter.prompt_history(state.history, prompt_ids_P)
-    class_P = length_policy.length_classes(past_lengths_PR, spec.long_frac, spec.medium_frac)
-    return speculative.generate(*args, past_PRN, class_P, spec=spec, group=g, **kw)
-
-
-def spec_metrics(stats: speculative.SpecStats, lengths_B) -> dict:
-    """Per-step speculation metrics: acceptance overall and by length class, the work done
-    (`spec/plain_passes`: the decode steps plain decoding takes for the same rollout)."""
-    ratio = lambda a, b: a / jnp.maximum(b, 1)  # noqa: E731
-    m = {"spec/passes": stats.passes, "spec/plain_passes": jnp.max(lengths_B) - 1,
-         "spec/drafted": stats.drafted,
-         "spec/accepted": stats.accepted,
-         "spec/acceptance": ratio(stats.accepted, stats.drafted),
-         # Tokens a row gains per verification: 1 (the bonus token) + accepted drafts.
-         "spec/tokens_per_row_pass": 1.0 + ratio(stats.accepted, stats.row_passes),
-         "spec/bucket_rows_mean": ratio(stats.bucket_N.sum(), stats.passes),
-         "spec/active_rows_mean": ratio(jnp.maximum(stats.active_N, 0).sum(), stats.passes)}
-    for c, name in enumerate(length_policy.CLASS_NAMES):
-        m[f"spec/acceptance_{name}"] = ratio(stats.accepted_C[c], stats.drafted_C[c])
-        m[f"spec/rows_{name}"] = stats.rows_C[c]
-    return m
+    return das.rollout(*args, state.history, prompt_ids_P, cfg=rollout_cfg, group=g, **kw)
 
 
 def _length_stats(lengths_B):
@@ -77,7 +121,7 @@ def _length_stats(lengths_B):
             "response_length/p90": jnp.percentile(x, 90), "response_length/max": x.max()}
 
 
-def update_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_lengths_P,
+def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, prompt_lengths_P,
                  prompt_ids_P, rollout: Rollout, rewards_B) -> tuple[TrainState, dict]:
     g = rl.num_generations
     prompts_BL = repeat_groups(prompts_PL, g)
@@ -91,7 +135,7 @@ def update_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_lengt
     mask_BN = completion_mask(lengths_B, n)
     if rl.overlong_filter:
         mask_BN = losses.overlong_mask(rollout.finished_B, mask_BN)
-    if rl.dynamic_sampling:  # static shapes: groups without signal are masked, not resampled
+    if rl.mask_zero_signal:  # no gradient either way; masked, they do not dilute token-mean
         mask_BN = mask_BN * repeat_groups(signal_P, g)[:, None]
 
     logprobs_of = lambda params: token_logprobs(  # noqa: E731
@@ -145,27 +189,27 @@ def update_phase(model: Decoder, rl, state: TrainState, prompts_PL, prompt_lengt
                     "truncated_frac": 1.0 - rollout.finished_B.mean(),
                     "generated_tokens": lengths_B.sum()})
     if state.history is not None:  # this step's outputs join each prompt's window
-        state = state.replace(history=drafter.update_history(
-            state.history, prompt_ids_P, tokens_BN, lengths_B))
+        state = state.replace(history=das.record(state.history, prompt_ids_P, tokens_BN,
+                                                 lengths_B))
     return state.replace(step=state.step + 1), metrics
 
 
-def make_step(model: Decoder, rl, reward, *, max_new_tokens: int,
-              stop_tokens: tuple[int, ...], pad_id: int, split: bool = False,
-              spec: SpecConfig | None = None):
+def make_step(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig, reward, *,
+              max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int):
     """`step(state, prompts_PL, prompt_lengths_P, reward_inputs_P, prompt_ids_P) ->
     (state, metrics)`.
 
     `reward_inputs_P` is per prompt what the reward takes: the targets array of a JAX reward,
     a list of answers for a host reward. `prompt_ids_P` (int32) names each prompt across
-    steps, for the rollout history of speculative decoding (`spec`; the state must then
-    carry a `History`). A JAX reward with `split=False` makes rollout, reward and update one
-    jit with the state donated. A host reward, or `split=True`, runs three jits and reports
-    each phase's wall time (`time/*_s`); the results are the same.
+    steps, for the rollout history of speculative decoding (`rollout_cfg.speculative`; the
+    state must then carry a `History`). A JAX reward without `rl.split_phases` makes
+    rollout, reward and update one jit with the state donated. A host reward, or `rl.split_phases`, runs three jits and
+    reports each phase's wall time (`time/*_s`); the results are the same.
     """
     g = rl.num_generations
-    rollout = functools.partial(rollout_phase, model, rl, max_new_tokens=max_new_tokens,
-                                stop_tokens=stop_tokens, pad_id=pad_id, spec=spec)
+    rollout = functools.partial(rollout_phase, model, rl, rollout_cfg,
+                                max_new_tokens=max_new_tokens, stop_tokens=stop_tokens,
+                                pad_id=pad_id)
     update = functools.partial(update_phase, model, rl)
 
     def rewards_of(out, inputs_P):
@@ -174,9 +218,9 @@ def make_step(model: Decoder, rl, reward, *, max_new_tokens: int,
         return reward(out.tokens_BN, out.lengths_B, out.finished_B, inputs_B)
 
     def rollout_metrics(out, stats):
-        return {} if stats is None else spec_metrics(stats, out.lengths_B)
+        return {} if stats is None else das.metrics(stats, out.lengths_B)
 
-    if not reward.is_host and not split:
+    if not reward.is_host and not rl.split_phases:
         @functools.partial(jax.jit, donate_argnums=0)
         def step(state, prompts_PL, prompt_lengths_P, targets_PT, prompt_ids_P):
             out, stats = rollout(state, prompts_PL, prompt_lengths_P, prompt_ids_P)

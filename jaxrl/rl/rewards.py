@@ -84,3 +84,12 @@ class HostReward:
             rewards = rewards + self.format_coef * formatted
             metrics["format_rate"] = float(formatted.mean()) if texts else 0.0
         return rewards, metrics
+
+
+def for_source(source, format_coef: float):
+    """The reward of a prompt source (tasks/prompts.py): its task's JAX checker in the step
+    when it has a task, else its host `check` with the format test `has_answer`."""
+    if source.task is not None:
+        return TaskReward(source.task, format_coef)
+    return HostReward(source.check, source.tokenizer, timeout_s=source.reward_timeout_s,
+                      format_fn=source.has_answer, format_coef=format_coef)

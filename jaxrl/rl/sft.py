@@ -2,14 +2,30 @@
 as RL, so a run is SFT steps followed by GRPO steps."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
+from jaxrl.config_utils import at_least, positive
 from jaxrl.models.decoder import Decoder
 from jaxrl.rl.logprobs import completion_logits, completion_mask, token_logprobs
 from jaxrl.rl.state import TrainState, apply_gradients
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """`config.sft`: supervised steps on reference solutions before RL (0 = none)."""
+
+    steps: int
+    batch_size: int
+    learning_rate: float
+
+    def __post_init__(self):
+        at_least("config.sft.steps", self.steps, 0)
+        at_least("config.sft.batch_size", self.batch_size, 1)
+        positive("config.sft.learning_rate", self.learning_rate)
 
 
 def sft_loss(model: Decoder, params, prompts_PL, prompt_lengths_P, solutions_PN,

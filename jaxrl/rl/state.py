@@ -5,12 +5,34 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+
+from jaxrl.config_utils import at_least
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """`config.optim`: AdamW with global-norm clipping (0 = off) and a linear warmup."""
+
+    warmup_steps: int
+    weight_decay: float
+    b1: float
+    b2: float
+    grad_clip: float
+
+    def __post_init__(self):
+        for name in ("warmup_steps", "weight_decay", "grad_clip"):
+            at_least(f"config.optim.{name}", getattr(self, name), 0)
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"config.optim.{name} must be in [0, 1), got "
+                                 f"{getattr(self, name)}")
 
 
 @struct.dataclass
@@ -31,9 +53,8 @@ class TrainState:
         return key
 
 
-def make_optimizer(opt, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """AdamW on `schedule` with global-norm clipping; `opt` has weight_decay, b1, b2 and
-    grad_clip (0 = off)."""
+def make_optimizer(opt: OptimConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """AdamW on `schedule` with global-norm clipping (`opt.grad_clip`, 0 = off)."""
     parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
     parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
     return optax.chain(*parts)

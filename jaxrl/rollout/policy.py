@@ -8,11 +8,19 @@ few compiled ones by expected tokens per second under `t = c_base + c_tok * toke
 """
 from __future__ import annotations
 
+import functools
+import json
+import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+
+from jaxrl import sharding
+from jaxrl.models.decoder import Decoder, init_params, param_axes
+from jaxrl.models.kv_cache import init_cache
 
 SHORT, MEDIUM, LONG = 0, 1, 2
 CLASS_NAMES = ("short", "medium", "long")
@@ -99,3 +107,45 @@ def measure_cost_model(forward, rows_list: tuple[int, ...], widths: tuple[int, .
             seconds.append((time.perf_counter() - t0) / repeats)
             tokens.append(rows * (k + 1))
     return fit_cost_model(np.asarray(tokens), np.asarray(seconds))
+
+
+def verification_timer(model: Decoder, mesh, context: int = 256):
+    """`forward(rows, k)`: one cached forward of `k + 1` tokens on `rows` rows over a cache of
+    `context` filled slots, blocking; random weights (only the time matters)."""
+    params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
+                                   param_axes(model.cfg), mesh)
+
+    @functools.partial(jax.jit, static_argnums=(1, 2))
+    def step(params, rows, k):
+        cache = init_cache(model.cfg, rows, context + k + 1)
+        cache = cache.replace(lengths_B=jnp.full((rows,), context, jnp.int32))
+        return model.apply({"params": params}, jnp.zeros((rows, k + 1), jnp.int32), cache=cache)[0]
+
+    return lambda rows, k: jax.block_until_ready(step(params, rows, k))
+
+
+def fitted_cost_model(model: Decoder, mesh, batch: int, widths: tuple[int, ...],
+                      path: str | None) -> tuple[float, float]:
+    """`(c_base_s, c_tok_s)` timed on this device by process 0 for all processes (every
+    process must compile the same width choices) and kept at `path`, so that a resumed run
+    chooses the widths the interrupted one did (the tokens would not change, but the
+    speculation metrics would)."""
+    if path and os.path.exists(path):
+        with open(path) as f:
+            fit = json.load(f)
+        logging.info("verification cost model from %s", path)
+        return fit["c_base_s"], fit["c_tok_s"]
+    c_base, c_tok = measure_cost_model(verification_timer(model, mesh),
+                                       (batch, max(batch // 8, 1)), widths)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        c_base, c_tok = (float(c) for c in multihost_utils.broadcast_one_to_all(
+            np.asarray([c_base, c_tok])))
+    if path and jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"device": jax.devices()[0].device_kind, "c_base_s": c_base,
+                       "c_tok_s": c_tok}, f)
+    logging.info("verification cost model on %s: %.3g s + %.3g s/token",
+                 jax.devices()[0].device_kind, c_base, c_tok)
+    return c_base, c_tok

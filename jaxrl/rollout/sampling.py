@@ -14,11 +14,39 @@ the threshold), so ties are kept and a kernel may find the same threshold by bis
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from kernels import sampling as sampling_ref
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """`config.sampling` of the generate job."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"config.sampling.max_new_tokens must be >= 1, got "
+                             f"{self.max_new_tokens}")
+        check_sampling(self.temperature, self.top_k, self.top_p, "config.sampling.")
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float, prefix: str = "") -> None:
+    """Errors name the field as `prefix + name` (e.g. 'config.rl.top_p')."""
+    if not temperature >= 0:  # also rejects NaN
+        raise ValueError(f"{prefix}temperature must be >= 0, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"{prefix}top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"{prefix}top_p must be in (0, 1], got {top_p}")
 
 
 @struct.dataclass
@@ -32,12 +60,7 @@ class SamplingParams:
     @classmethod
     def make(cls, batch: int, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0) -> "SamplingParams":
-        if not temperature >= 0:  # also rejects NaN
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling(temperature, top_k, top_p)
         return cls(temperature_B=jnp.full((batch,), temperature, jnp.float32),
                    top_k_B=jnp.full((batch,), top_k, jnp.int32),
                    top_p_B=jnp.full((batch,), top_p, jnp.float32))

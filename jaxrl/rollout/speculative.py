@@ -20,8 +20,8 @@ results are written back to the full-batch arrays by row index.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -34,54 +34,8 @@ from jaxrl.rollout.decode import Rollout, _validate
 from jaxrl.rollout.sampling import SamplingParams, position_keys, sample
 from kernels import spec_verify
 
-
-VERIFY_IMPLS = ("auto", "pallas", "reference")
-
-
-@dataclasses.dataclass(frozen=True)
-class SpecConfig:
-    """Static settings of speculative rollouts (`config.rollout` in the GRPO config)."""
-
-    widths: tuple[int, ...] = (0, 4, 8, 16)  # drafted tokens verified per row, one compile each
-    max_match: int = 16  # longest context suffix matched against the corpus
-    spec_factor: float = 1.0  # draft at most spec_factor * match_length tokens
-    min_token_prob: float = 0.1  # stop drafting below this running probability
-    max_candidates: int = 64  # occurrences of the matched pattern counted per row
-    length_aware: bool = True
-    class_budgets: tuple[int, int, int] = (4, 8, 16)  # short, medium, long
-    long_frac: float = 0.2
-    medium_frac: float = 0.4
-    compaction: bool = True
-    min_bucket: int = 8  # smallest bucket of rows
-    cost_base: float = 1.0  # verification pass cost model, t = cost_base + cost_per_token *
-    cost_per_token: float = 0.01  # tokens (any unit: only the ratio matters)
-    verify_impl: str = "auto"  # auto | pallas | reference (kernels/spec_verify.py)
-
-    @property
-    def max_draft(self) -> int:
-        return max(self.widths)
-
-    def validate(self) -> "SpecConfig":
-        if not self.widths or min(self.widths) < 0 or len(set(self.widths)) != len(self.widths):
-            raise ValueError(f"rollout.widths must be distinct ints >= 0, got {self.widths}")
-        if self.max_match < 1 or self.max_candidates < 1 or self.min_bucket < 1:
-            raise ValueError("rollout.max_match, max_candidates and min_bucket must be >= 1, got "
-                             f"{self.max_match}, {self.max_candidates}, {self.min_bucket}")
-        if not 0.0 <= self.min_token_prob <= 1.0 or self.spec_factor <= 0:
-            raise ValueError(f"rollout.min_token_prob must be in [0, 1] and spec_factor > 0, got "
-                             f"{self.min_token_prob} and {self.spec_factor}")
-        if len(self.class_budgets) != 3 or min(self.class_budgets) < 0:
-            raise ValueError(f"rollout.class_budgets must be 3 ints >= 0 (short, medium, long), "
-                             f"got {self.class_budgets}")
-        if not (0 <= self.long_frac and 0 <= self.medium_frac and self.long_frac + self.medium_frac <= 1):
-            raise ValueError(f"rollout.long_frac + medium_frac must lie in [0, 1], got "
-                             f"{self.long_frac} + {self.medium_frac}")
-        if self.cost_base < 0 or self.cost_per_token <= 0:
-            raise ValueError(f"rollout.cost_base must be >= 0 and cost_per_token > 0, got "
-                             f"{self.cost_base} and {self.cost_per_token}")
-        if self.verify_impl not in VERIFY_IMPLS:
-            raise ValueError(f"rollout.verify_impl={self.verify_impl!r}; valid: {VERIFY_IMPLS}")
-        return self
+if TYPE_CHECKING:  # das.py imports this module
+    from jaxrl.rollout.das import RolloutConfig
 
 
 @struct.dataclass
@@ -111,7 +65,7 @@ class _Out:
     stopped_B: jax.Array
 
 
-def _bucket_sizes(b: int, spec: SpecConfig) -> list[int]:
+def _bucket_sizes(b: int, spec: RolloutConfig) -> list[int]:
     if not spec.compaction:
         return [b]
     sizes = [b]
@@ -127,7 +81,7 @@ def _bucket_sizes(b: int, spec: SpecConfig) -> list[int]:
                                              "pad_id", "group"))
 def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: jax.Array,
              uids_B: jax.Array, base_key: jax.Array, sampling: SamplingParams,
-             history_PRN: jax.Array, class_P: jax.Array, *, spec: SpecConfig,
+             history_PRN: jax.Array, class_P: jax.Array, *, spec: RolloutConfig,
              max_new_tokens: int, stop_tokens: tuple[int, ...] = (), pad_id: int = 0,
              group: int = 1) -> tuple[Rollout, SpecStats]:
     """Same tokens as `decode.generate`, drafting from each group's live outputs and from

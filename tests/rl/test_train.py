@@ -12,15 +12,19 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrl.config_utils import load_config_file
+from configs import ROOT, config_dict, train_config
 from jaxrl import checkpoint, sharding
-from jaxrl.rl import train
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from jaxrl.jobs import train
+from jaxrl.models import loader
+from jaxrl.rollout import policy
 
 
 def load_config(arg=None):
-    return load_config_file(str(ROOT / "configs/grpo.py"), arg)
+    return config_dict("grpo", arg)
+
+
+def run(config_dict_, workdir):
+    return train.run(train_config(config_dict_), str(workdir))
 
 
 def tiny_config(sft_steps=3, rl_steps=3):
@@ -43,7 +47,8 @@ def step_rows(workdir):
 
 
 def final_params(config, workdir):
-    _, _, state, _ = train.build(config, sharding.make_mesh(config.mesh))
+    cfg = train_config(config)
+    state = train.build(cfg, sharding.make_mesh(cfg.mesh)).state
     ckpt = checkpoint.Checkpointer(workdir)
     try:
         return ckpt.latest_step(), jax.device_get(ckpt.restore(state).params)
@@ -53,10 +58,10 @@ def final_params(config, workdir):
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     config = tiny_config()
-    full = train.run(config, str(tmp_path / "a"))
+    full = run(config, tmp_path / "a")
     assert full["steps"] == 6 and set(full["accuracy"]) == {0, 3, 6}
-    train.run(tiny_config(rl_steps=1), str(tmp_path / "b"))  # stops after step 4
-    resumed = train.run(config, str(tmp_path / "b"))
+    run(tiny_config(rl_steps=1), tmp_path / "b")  # stops after step 4
+    resumed = run(config, tmp_path / "b")
     assert resumed["steps"] == 6
 
     rows_a, rows_b = step_rows(tmp_path / "a"), step_rows(tmp_path / "b")
@@ -87,14 +92,14 @@ def record_step_histories(monkeypatch):
     seen, build = [], train.build
 
     def build_recording(*args, **kwargs):
-        model, source, state, steps = build(*args, **kwargs)
-        rl_step = steps["rl"]
+        built = build(*args, **kwargs)
+        rl_step = built.steps["rl"]
 
         def step(state, *batch):
             seen.append((int(state.step), jax.device_get(state.history)))
             return rl_step(state, *batch)
 
-        return model, source, state, {**steps, "rl": step}
+        return built._replace(steps={**built.steps, "rl": step})
 
     monkeypatch.setattr(train, "build", build_recording)
     return seen
@@ -105,11 +110,11 @@ def test_resumed_speculative_run_equals_uninterrupted_run(tmp_path, monkeypatch)
     speculation metrics show whether it was restored: they must match step by step."""
     seen = record_step_histories(monkeypatch)
     config = speculative_config()
-    assert train.run(config, str(tmp_path / "a"))["steps"] == 4
+    assert run(config, tmp_path / "a")["steps"] == 4
     uninterrupted = dict(seen)
-    train.run(speculative_config(rl_steps=2), str(tmp_path / "b"))  # stops after step 2
+    run(speculative_config(rl_steps=2), tmp_path / "b")  # stops after step 2
     seen.clear()
-    assert train.run(config, str(tmp_path / "b"))["steps"] == 4
+    assert run(config, tmp_path / "b")["steps"] == 4
     assert [s for s, _ in seen] == [2, 3]
 
     restored, want = seen[0][1], uninterrupted[2]
@@ -136,17 +141,13 @@ def test_fitted_cost_model_is_kept_for_a_resumed_run(tmp_path, monkeypatch):
     """The widths' cost model is timed once per workdir: a resumed run reads it back instead
     of re-timing (a new fit could pick other widths, so other sampler log-prob bits)."""
     fits = iter([(1e-3, 2e-7), (5e-3, 9e-7)])
-    monkeypatch.setattr(train.length_policy, "measure_cost_model", lambda *a, **k: next(fits))
-    config = speculative_config()
-    config.rollout.fit_cost_model = True
-    mesh = sharding.make_mesh(config.mesh)
-    model = train.load_policy(config, train.make_source(config).tokenizer)[0]
-    first = train.spec_config(config, model, mesh, 4, str(tmp_path))
-    again = train.spec_config(config, model, mesh, 4, str(tmp_path))
-    assert (first.cost_base, first.cost_per_token) == (again.cost_base, again.cost_per_token) \
-        == (1e-3, 2e-7)
-    other = train.spec_config(config, model, mesh, 4, str(tmp_path / "other"))
-    assert (other.cost_base, other.cost_per_token) == (5e-3, 9e-7)
+    monkeypatch.setattr(policy, "measure_cost_model", lambda *a, **k: next(fits))
+    cfg = train_config(speculative_config())
+    mesh = sharding.make_mesh(cfg.mesh)
+    model = loader.load(cfg.model, cfg.seed)[0]
+    fit = lambda d: policy.fitted_cost_model(model, mesh, 4, (0, 4), str(d / "cost_model.json"))  # noqa: E731
+    assert fit(tmp_path) == fit(tmp_path) == (1e-3, 2e-7)
+    assert fit(tmp_path / "other") == (5e-3, 9e-7)
 
 
 _COST_MODEL_WORKER = """
@@ -155,13 +156,13 @@ import jax
 pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
 from jaxrl import sharding
-from jaxrl.config_utils import load_config_file
-from jaxrl.rl import train
-train.length_policy.measure_cost_model = lambda *a, **k: ((pid + 1) * 1e-3, (pid + 1) * 1e-7)
-c = load_config_file(sys.argv[4], "model=tiny,speculative=True")
-model = train.load_policy(c, train.make_source(c).tokenizer)[0]
-spec = train.spec_config(c, model, sharding.make_mesh(c.mesh), 4, workdir)
-print("FIT", json.dumps([spec.cost_base, spec.cost_per_token]))
+from jaxrl.models import config, decoder
+from jaxrl.rollout import policy
+policy.measure_cost_model = lambda *a, **k: ((pid + 1) * 1e-3, (pid + 1) * 1e-7)
+model = decoder.Decoder(config.preset("tiny"))
+fit = policy.fitted_cost_model(model, sharding.make_mesh({"data": -1}), 4, (0, 4),
+                               workdir + "/cost_model.json")
+print("FIT", json.dumps(list(fit)))
 """
 
 
@@ -176,7 +177,7 @@ def test_fitted_cost_model_is_process_0s_on_every_process(tmp_path):
         port = str(sock.getsockname()[1])
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen([sys.executable, "-c", _COST_MODEL_WORKER, str(pid), port,
-                               str(tmp_path), str(ROOT / "configs/grpo.py")],
+                               str(tmp_path)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for pid in (0, 1)]
     fits = []
@@ -204,12 +205,12 @@ def test_sigterm_saves_and_exits_then_resume_finishes(tmp_path):
             time.sleep(0.05)
 
     threading.Thread(target=send_sigterm_after_first_step, daemon=True).start()
-    stopped = train.run(config, str(tmp_path))
+    stopped = run(config, tmp_path)
     assert 1 <= stopped["steps"] < 40
     ckpt = checkpoint.Checkpointer(str(tmp_path))
     assert ckpt.latest_step() == stopped["steps"]
     ckpt.close()
-    assert train.run(config, str(tmp_path))["steps"] == 40
+    assert run(config, tmp_path)["steps"] == 40
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -224,22 +225,32 @@ def test_sigterm_saves_and_exits_then_resume_finishes(tmp_path):
     ("rl.num_minibatches", 3, "num_minibatches=3 must divide"),
     ("rl.dual_clip", 0.5, "dual_clip must be 0"),
     ("rl.top_p", 0.0, "top_p must be in"),
-    ("rl.learning_rate", 0.0, "rl.learning_rate must be > 0"),
+    ("rl.learning_rate", 0.0, "rl.learning_rate must be a finite number > 0"),
+    ("rl.learning_rate", float("nan"), "rl.learning_rate must be a finite number > 0, got nan"),
+    ("rl.temperature", 0.0, "rl.temperature must be > 0 for GRPO"),
+    ("rl.kl_coef", -0.1, "rl.kl_coef must be >= 0"),
+    ("rl.clip_low", 1.5, "rl.clip_low must be in"),
+    ("optim.grad_clip", -1.0, "optim.grad_clip must be >= 0"),
+    ("seed", -1, "config.seed must be >= 0"),
     ("sft.batch_size", 0, "sft.batch_size must be >= 1"),
+    ("rollout.widths", (0, 4, 4), "rollout.widths must be distinct"),
+    ("rollout.verify_impl", "triton", "rollout.verify_impl='triton'"),
+    ("rollout.long_frac", 0.8, "long_frac"),
+    ("mesh.data", 0, "config.mesh sizes must be positive"),
 ])
 def test_bad_train_config_is_named(field, value, match):
     config = load_config()
-    node, leaf = field.rsplit(".", 1)
-    config[node][leaf] = value
+    node, _, leaf = field.rpartition(".")
+    (config[node] if node else config)[leaf] = value
     with pytest.raises(ValueError, match=match):
-        train.validate(config)
+        train_config(config)
 
 
 def test_default_config_is_valid_and_variants_parse():
-    train.validate(load_config())
-    c = load_config("task=countdown,difficulty=1")
-    train.validate(c)
+    train_config(load_config())
+    c = train_config(load_config("task=countdown,difficulty=1"))
     assert (c.task.name, c.task.difficulty) == ("countdown", 1)
-    sft = load_config_file(str(ROOT / "configs/sft.py"), "task=sort")
-    train.validate(sft)
-    assert (sft.task.name, sft.rl.steps, sft.sft.steps) == ("sort", 0, 200)
+    sft = train_config(config_dict("sft", "task=sort"))
+    assert (sft.task.name, sft.rl.steps, sft.sft.steps) == ("sort", 0, 300)
+    with pytest.raises(ValueError, match="config.sft.steps=0 and config.rl.steps=0"):
+        train_config(config_dict("sft", "sft_steps=0"))

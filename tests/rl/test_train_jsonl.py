@@ -18,13 +18,11 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from tokenizers import Regex, decoders, models, pre_tokenizers  # noqa: E402
 
-from jaxrl.config_utils import load_config_file  # noqa: E402
+from configs import config_dict, train_config  # noqa: E402
 from jaxrl import checkpoint, sharding  # noqa: E402
+from jaxrl.jobs import train  # noqa: E402
 from jaxrl.models import hf  # noqa: E402
 from jaxrl.models.tokenizer import HFTokenizer  # noqa: E402
-from jaxrl.rl import train  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 EOS = "<|endoftext|>"
 TRAIN = [
     {"question": "Tom has 3 apples and buys 2 more. How many apples?", "answer": "3+2=5\n#### 5"},
@@ -41,7 +39,7 @@ GOOD_TRAIN_ROWS = 5  # TRAIN less the malformed row and the one over max_prompt_
 
 
 def load_config(arg=None):
-    return load_config_file(str(ROOT / "configs/grpo.py"), arg)
+    return config_dict("grpo", arg)
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +99,7 @@ def read_rows(workdir):
 
 def test_jsonl_grpo_runs_resumes_and_exports_hf(ckpt_dir, manual_dir, tmp_path):
     config = jsonl_config(ckpt_dir, manual_dir)
-    train.validate(config)
-    first = train.run(config, str(tmp_path))
+    first = train.run(train_config(config), str(tmp_path))
     assert first["steps"] == 2 and set(first["accuracy"]) == {0, 2}
     data = first["data"]
     assert (data["train_rows"], data["held_out_rows"]) == (GOOD_TRAIN_ROWS, 2)
@@ -115,7 +112,8 @@ def test_jsonl_grpo_runs_resumes_and_exports_hf(ckpt_dir, manual_dir, tmp_path):
         assert 1 <= r["response_length/max"] <= 8
     before = read_rows(tmp_path)
 
-    resumed = train.run(jsonl_config(ckpt_dir, manual_dir, rl_steps=3), str(tmp_path))
+    resumed = train.run(train_config(jsonl_config(ckpt_dir, manual_dir, rl_steps=3)),
+                        str(tmp_path))
     assert resumed["steps"] == 3 and set(resumed["accuracy"]) == {3}  # no eval at restart
     assert resumed["data"]["malformed_rows"] == 0  # prepared once, by the first run
     rows = read_rows(tmp_path)
@@ -123,9 +121,9 @@ def test_jsonl_grpo_runs_resumes_and_exports_hf(ckpt_dir, manual_dir, tmp_path):
     assert [r["step"] for r in rows if "eval/accuracy" not in r] == [1, 2, 3]
 
     # workdir/hf holds the final policy: our loader, transformers and the checkpoint agree.
-    mesh = sharding.make_mesh(config.mesh)
-    config3 = jsonl_config(ckpt_dir, manual_dir, rl_steps=3)
-    model, source, state, _ = train.build(config3, mesh, train.make_source(config3, str(tmp_path)))
+    config3 = train_config(jsonl_config(ckpt_dir, manual_dir, rl_steps=3))
+    model, source, _, state, _ = train.build(config3, sharding.make_mesh(config3.mesh),
+                                             str(tmp_path))
     initial = jax.device_get(state.params)
     ckpt = checkpoint.Checkpointer(str(tmp_path))
     try:
@@ -150,7 +148,8 @@ def test_jsonl_grpo_runs_resumes_and_exports_hf(ckpt_dir, manual_dir, tmp_path):
 
 def test_data_position_is_the_step(ckpt_dir, manual_dir, tmp_path):
     config = jsonl_config(ckpt_dir, manual_dir)
-    source = train.make_source(config, str(tmp_path))
+    source = train.build(train_config(config), sharding.make_mesh(config.mesh),
+                         str(tmp_path)).source
     n = GOOD_TRAIN_ROWS
     # Steps 0..4 of 2 prompts read positions 0..9: every kept row once per epoch, each
     # epoch in its own seeded order, the same on every call.
@@ -185,15 +184,15 @@ def test_data_position_is_the_step(ckpt_dir, manual_dir, tmp_path):
 ])
 def test_bad_jsonl_config_is_named(ckpt_dir, manual_dir, field, value, match):
     config = jsonl_config(ckpt_dir, manual_dir)
-    train.validate(config)
+    train_config(config)
     node, leaf = field.rsplit(".", 1)
     config[node][leaf] = value
     with pytest.raises(ValueError, match=match):
-        train.validate(config)
+        train_config(config)
 
 
 def test_model_path_needs_the_jsonl_source(ckpt_dir):
     config = load_config()
     config.model.path = str(ckpt_dir)
     with pytest.raises(ValueError, match="needs config.data.source='jsonl'"):
-        train.validate(config)
+        train_config(config)

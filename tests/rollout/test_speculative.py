@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import rollout_config
 from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder, init_params
 from jaxrl.rollout import drafter, policy, speculative
@@ -70,7 +71,7 @@ def test_speculative_equals_plain(model_params, p, g, temperature, top_k, top_p,
     # whose outputs repeat exactly), so drafts are accepted in full, in part and not at all.
     history = history_from([plain(model, params, prompts_BL, lengths_B, jax.random.key(s),
                                   sampling) for s in (2, 1, 3)], p, g)
-    spec = speculative.SpecConfig(verify_impl="reference", **overrides).validate()
+    spec = rollout_config(verify_impl="reference", **overrides)
     got, stats = speculative.generate(
         model, params, jnp.asarray(prompts_BL), jnp.asarray(lengths_B),
         jnp.arange(b, dtype=jnp.int32), key, sampling, history,
@@ -103,8 +104,8 @@ def test_compaction_shrinks_buckets(model_params, widths):
     key = jax.random.key(5)
     want = plain(model, params, prompts_BL, lengths_B, key, sampling)
     empty = jnp.full((p, 1, N_NEW), -1, jnp.int32)
-    spec = speculative.SpecConfig(widths=widths, min_bucket=2, cost_per_token=0.0025,
-                                  verify_impl="reference")
+    spec = rollout_config(widths=widths, min_bucket=2, cost_base=1.0, cost_per_token=0.0025,
+                          verify_impl="reference")
     got, stats = speculative.generate(
         model, params, jnp.asarray(prompts_BL), jnp.asarray(lengths_B),
         jnp.arange(p * g, dtype=jnp.int32), key, sampling, empty,
@@ -126,10 +127,3 @@ def test_compaction_shrinks_buckets(model_params, widths):
         assert (np.asarray(stats.width_N)[:passes][np.equal(free, 1)] == 4).all()
 
 
-def test_spec_config_errors_name_the_field():
-    with pytest.raises(ValueError, match="rollout.widths"):
-        speculative.SpecConfig(widths=(0, 4, 4)).validate()
-    with pytest.raises(ValueError, match="rollout.verify_impl"):
-        speculative.SpecConfig(verify_impl="triton").validate()
-    with pytest.raises(ValueError, match="long_frac"):
-        speculative.SpecConfig(long_frac=0.8, medium_frac=0.4).validate()

@@ -1,0 +1,264 @@
+"""The training job: SFT warm-up, then GRPO, on an embedded task or on user math JSONL.
+
+Python owns only what is outside the jitted steps: making batches, evaluation, logging,
+checkpoints and the loop. Steps `0 .. sft.steps-1` are SFT, the rest GRPO; the state's
+step is the data position, so a run resumed from `workdir` continues exactly. The prompt
+source (`jaxrl/tasks/prompts.py`) supplies each step's batches, the reward's checker and
+the held-out problems. With `model.path` set, a finished run also writes the policy as an
+HF checkpoint to `workdir/hf`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+
+from jaxrl import checkpoint, metrics as metrics_lib, sharding
+from jaxrl.config_utils import at_least, one_of
+from jaxrl.models import hf, loader
+from jaxrl.models.decoder import Decoder, param_axes
+from jaxrl.rl import grpo, rewards, state as state_lib
+from jaxrl.rl.sft import SFTConfig, make_sft_step
+from jaxrl.rollout import das, policy
+from jaxrl.rollout.decode import generate
+from jaxrl.rollout.sampling import SamplingParams
+from jaxrl.tasks import prompts
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """`config.eval`: held-out accuracy every `every` steps on `num_problems` problems."""
+
+    every: int
+    num_problems: int
+
+    def __post_init__(self):
+        at_least("config.eval.every", self.every, 1)
+        at_least("config.eval.num_problems", self.num_problems, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """configs/grpo.py and configs/sft.py, typed."""
+
+    job: str
+    seed: int
+    task: prompts.TaskConfig
+    model: loader.ModelSource
+    optim: state_lib.OptimConfig
+    sft: SFTConfig
+    rl: grpo.RLConfig
+    rollout: das.RolloutConfig
+    eval: EvalConfig
+    checkpoint: checkpoint.CheckpointConfig
+    mesh: sharding.MeshConfig
+    data: prompts.DataConfig
+
+    def __post_init__(self):
+        one_of("config.job", self.job, ("train",))
+        at_least("config.seed", self.seed, 0)
+        if self.sft.steps + self.rl.steps == 0:
+            raise ValueError(f"config.sft.steps={self.sft.steps} and config.rl.steps="
+                             f"{self.rl.steps}: at least one step in all")
+        if self.data.source == "embedded":
+            if self.model.path:
+                raise ValueError(f"config.model.path={self.model.path!r} needs "
+                                 "config.data.source='jsonl'; the embedded tasks train a "
+                                 "random-init preset on the character tokenizer (set "
+                                 "config.model.path='')")
+            return
+        if not self.model.path:
+            raise ValueError("config.data.source='jsonl' needs config.model.path, an HF "
+                             "checkpoint directory: a random-init model cannot read real text")
+        if not os.path.isfile(os.path.join(self.model.path, "tokenizer.json")):
+            raise ValueError(f"config.model.path={self.model.path!r} has no tokenizer.json")
+        if self.sft.steps:
+            raise ValueError(f"config.sft.steps={self.sft.steps}, but JSONL math rows have "
+                             "only final answers, no reference completions to imitate: set "
+                             "config.sft.steps=0")
+        if self.rl.max_new_tokens < 1:
+            raise ValueError(f"config.rl.max_new_tokens must be >= 1 with config.data.source="
+                             f"'jsonl' (there is no task budget), got {self.rl.max_new_tokens}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.sft.steps + self.rl.steps
+
+
+CONFIG = TrainConfig
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warmup to the SFT rate for the SFT steps, then the RL rate."""
+    warm = max(cfg.optim.warmup_steps, 1)
+    sft = optax.join_schedules([optax.linear_schedule(0.0, cfg.sft.learning_rate, warm),
+                                optax.constant_schedule(cfg.sft.learning_rate)], [warm])
+    if cfg.sft.steps == 0:
+        sft = optax.linear_schedule(0.0, cfg.rl.learning_rate, warm)
+    return optax.join_schedules([sft, optax.constant_schedule(cfg.rl.learning_rate)],
+                                [cfg.sft.steps or warm])
+
+
+class Built(NamedTuple):
+    model: Decoder
+    source: Any  # tasks.prompts.EmbeddedPrompts | JsonlPrompts
+    reward: Any  # rl.rewards.TaskReward | HostReward
+    state: state_lib.TrainState
+    steps: dict  # "sft" and "rl" jitted steps: step(state, *batch) -> (state, metrics)
+
+
+def build(cfg: TrainConfig, mesh, workdir: str = "") -> Built:
+    """Model, prompt source, reward, the initial state placed on the mesh and the jitted
+    steps; `workdir` keeps the fitted verification cost model and the JSONL dataset."""
+    model, params, tokenizer = loader.load(cfg.model, cfg.seed,
+                                           attention_impl=cfg.rollout.attention_impl)
+    source = prompts.make_source(cfg.task, cfg.data, tokenizer, seed=cfg.seed,
+                                 max_new_tokens=cfg.rl.max_new_tokens,
+                                 num_held_out=cfg.eval.num_problems, workdir=workdir)
+    reward = rewards.for_source(source, cfg.rl.format_coef)
+    tx = state_lib.make_optimizer(cfg.optim, learning_rate_schedule(cfg))
+    params = sharding.shard_params(params, param_axes(model.cfg), mesh)
+    rl, rollout_cfg = cfg.rl, cfg.rollout
+    history = None
+    if rollout_cfg.speculative:
+        if rollout_cfg.fit_cost_model:
+            c_base, c_tok = policy.fitted_cost_model(
+                model, mesh, rl.num_prompts * rl.num_generations, rollout_cfg.widths,
+                os.path.join(workdir, "cost_model.json") if workdir else None)
+            rollout_cfg = rollout_cfg.replace(cost_base=c_base, cost_per_token=c_tok)
+        history = das.init_history(rollout_cfg, source.num_prompts, rl.num_generations,
+                                   source.max_new_tokens)
+    state = sharding.replicate_rest(
+        state_lib.create(params, tx, cfg.seed, with_reference=rl.kl_coef > 0, history=history),
+        mesh)
+    steps = {"sft": make_sft_step(model),
+             "rl": grpo.make_step(model, rl, rollout_cfg, reward,
+                                  max_new_tokens=source.max_new_tokens,
+                                  stop_tokens=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id)}
+    return Built(model, source, reward, state, steps)
+
+
+def evaluate(built: Built, params, temperature: float) -> float | None:
+    """Held-out accuracy (greedy, or sampled at `temperature` with a fixed key, so that
+    evaluations are comparable) by the source's checker; None without held-out problems."""
+    if built.source.held_out is None:
+        return None
+    prompts_PL, lengths_P, inputs_P = built.source.held_out
+    tok, n = built.source.tokenizer, len(lengths_P)
+    out = generate(built.model, params, jnp.asarray(prompts_PL), jnp.asarray(lengths_P),
+                   jnp.arange(n, dtype=jnp.int32), jax.random.key(0),
+                   SamplingParams.make(n, temperature=temperature),
+                   max_new_tokens=built.source.max_new_tokens, stop_tokens=tuple(tok.eos_ids),
+                   pad_id=tok.pad_id)
+    score = built.reward if built.reward.is_host else jax.jit(built.reward)
+    _, m = score(out.tokens_BN, out.lengths_B, out.finished_B, inputs_P)
+    return float(m["accuracy"])
+
+
+def run(cfg: TrainConfig, workdir: str) -> dict:
+    mesh = sharding.make_mesh(cfg.mesh)
+    built = build(cfg, mesh, workdir)
+    source, state, steps = built.source, built.state, built.steps
+    logging.info("prompt source: %s", source.info)
+    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=cfg.checkpoint.max_to_keep)
+    start = ckpt.latest_step() or 0
+    if start:
+        state = ckpt.restore(state)
+        logging.info("resumed from %s at step %d", workdir, start)
+    total = cfg.total_steps
+    writer = metrics_lib.MetricsWriter(workdir, start_step=start + 1)
+    progress = metrics_lib.Progress(total, start_step=start, every=max(1, total // 50))
+    preemption = checkpoint.PreemptionGuard()
+    accuracy, accuracy_sampled = {}, {}
+    totals = {"time/rollout_s": 0.0, "time/reward_s": 0.0, "time/update_s": 0.0,
+              "spec/drafted": 0, "spec/accepted": 0, "spec/passes": 0, "spec/plain_passes": 0}
+    rl_tokens, rl_seconds = 0, 0.0
+
+    def eval_at(step):
+        acc = evaluate(built, state.params, 0.0)
+        if acc is None:
+            return
+        # Sampled at the rollout temperature: the pass@1 that the RL objective raises.
+        accuracy[step] = acc
+        accuracy_sampled[step] = evaluate(built, state.params, cfg.rl.temperature)
+        writer.write(step, {"eval/accuracy": acc, "eval/accuracy_sampled": accuracy_sampled[step]})
+        print(f"step {step}: held-out accuracy {acc:.3f} greedy, {accuracy_sampled[step]:.3f} "
+              f"sampled at temperature {cfg.rl.temperature}", flush=True)
+
+    # A checkpoint at step s is saved after step s's evaluation was written, and the writer
+    # keeps the records up to `start`: only a fresh run evaluates its starting point.
+    if start == 0:
+        eval_at(0)
+    step = start
+    try:
+        while step < total:
+            in_sft = step < cfg.sft.steps
+            n = cfg.sft.batch_size if in_sft else cfg.rl.num_prompts
+            batch = source.sft_batch(step, n) if in_sft else source.rl_batch(step, n)
+            t0 = time.perf_counter()
+            state, m = steps["sft" if in_sft else "rl"](state, *batch)
+            m = jax.device_get(m)
+            seconds = time.perf_counter() - t0
+            step += 1
+            if not in_sft:
+                rl_tokens += int(m["generated_tokens"])
+                rl_seconds += seconds
+                for k in totals:
+                    totals[k] += m.get(k, 0)
+            writer.write(step, {**m, "step_time_s": seconds, "phase": 0 if in_sft else 1})
+            shown = {"loss": m["sft_loss"]} if in_sft else {"reward": m["reward"],
+                                                            "acc": m["accuracy"]}
+            progress.update(step, **shown)
+            if step == cfg.sft.steps or step % cfg.eval.every == 0 or step == total:
+                eval_at(step)
+            stop = preemption.reached(step)  # once per step: every process must agree
+            if step % cfg.checkpoint.every == 0 or step == total or stop:
+                ckpt.save(step, state)
+            if stop:
+                logging.warning("%s: saved step %d, exiting", preemption.received, step)
+                break
+    finally:
+        ckpt.close()
+        writer.close()
+        preemption.close()
+    if cfg.model.path and step == total:
+        hf.export(os.path.join(workdir, "hf"), built.model, state.params, src=cfg.model.path,
+                  eos_ids=source.tokenizer.eos_ids)
+    summary = {"steps": step, "accuracy": accuracy, "accuracy_sampled": accuracy_sampled,
+               "data": source.info,
+               "rl_tokens_per_s": rl_tokens / rl_seconds if rl_seconds else 0.0,
+               "rollout_tokens_per_s": (rl_tokens / totals["time/rollout_s"]
+                                        if totals["time/rollout_s"] else 0.0),
+               "phase_seconds": {k[5:-2]: v for k, v in totals.items() if k.startswith("time/")},
+               **{k: v for k, v in totals.items() if k.startswith("spec/")}}
+    print(metrics_lib.summary_table(summary_rows(summary)))
+    return summary
+
+
+def summary_rows(summary: dict) -> list[tuple[str, Any]]:
+    """The end-of-run table: data, accuracy at each evaluation, throughput, speculation and
+    the RL time split."""
+    rows = [(f"data: {k}", v) for k, v in summary["data"].items()]
+    rows += [(f"held-out accuracy at step {k} (greedy / sampled)",
+              f"{v:.3f} / {summary['accuracy_sampled'][k]:.3f}")
+             for k, v in sorted(summary["accuracy"].items())]
+    rows += [("RL tokens/s (whole step)", f"{summary['rl_tokens_per_s']:.1f}")]
+    if summary["rollout_tokens_per_s"]:
+        rows += [("RL tokens/s (rollout phase)", f"{summary['rollout_tokens_per_s']:.1f}")]
+    if summary["spec/passes"]:
+        d, a = summary["spec/drafted"], summary["spec/accepted"]
+        rows += [("speculation: drafted / accepted tokens",
+                  f"{d} / {a} ({100 * a / max(d, 1):.0f}%)"),
+                 ("speculation: decode passes (plain decoding's steps)",
+                  f"{summary['spec/passes']} ({summary['spec/plain_passes']})")]
+    phases = summary["phase_seconds"]
+    if any(phases.values()):
+        rows += [(f"RL time in {k}", f"{v:.1f}s ({100 * v / sum(phases.values()):.0f}%)")
+                 for k, v in phases.items()]
+    return rows
