@@ -271,6 +271,11 @@ def load(path: str | pathlib.Path, dtype: str = "bfloat16") -> tuple[Decoder, di
     misshapen tensors (naming them). A tied checkpoint's lm_head.weight is ignored.
     """
     path = pathlib.Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        where = "" if path.is_dir() else " (the directory does not exist)"
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {path}{where}: a HF checkpoint "
+                                f"directory holds {CONFIG_FILE} and {WEIGHTS_FILE} (or "
+                                f"{INDEX_FILE} and its shards)")
     cfg = config_from_hf(json.loads((path / CONFIG_FILE).read_text()), dtype)
     layout = _hf_layout(cfg)
     files = _weight_files(path)
