@@ -40,7 +40,7 @@ def test_resume_check_allows_and_logs_safe_changes(caplog):
     saved = {"rl.kl_coef": 0.01, "total_steps": 10, "eval.every": 5, "eval.num": 8,
              "logging.every": 1, "logging.dir": "a"}
     current = dict(saved, total_steps=20, **{"eval.every": 10, "logging.every": 2})
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.WARNING):
         changed = resume.resume_check(saved, current, SAFE, checkpoint_dir="/w/checkpoints")
     assert changed == {"eval.every": (5, 10), "logging.every": (1, 2), "total_steps": (10, 20)}
     assert ("config.eval.every: 5 -> 10; config.logging.every: 1 -> 2; "
