@@ -67,7 +67,10 @@ def unknown_override_message(config: ml_collections.ConfigDict, flag: str,
 
 def parse_flags(argv: list[str], flag_name: str = "config") -> list[str]:
     """absl's flags parser, with one line instead of config_flags' traceback for an override
-    of a field that does not exist (exit status 2). Use as `app.run(main, flags_parser=parse_flags)`."""
+    of a field that does not exist (exit status 2).
+
+    Use as `app.run(main, flags_parser=parse_flags)`.
+    """
     from absl import app
 
     try:

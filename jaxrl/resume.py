@@ -79,8 +79,8 @@ def resume_check(saved: Mapping[str, Any], current: Mapping[str, Any], safe_fiel
     `saved` and `current` are `flatten_config` dicts; a field present on one side only
     differs too. Raises ValueError naming every refused field with its saved and current
     value, and how to start fresh. Returns the safe fields that changed, as
-    `{field: (saved, current)}`, and logs them as a warning. An empty `saved` (a checkpoint written
-    before configs were saved with it) cannot be checked: that is logged and allowed.
+    `{field: (saved, current)}`, and logs them as a warning. An empty `saved` (a checkpoint
+    written before configs were saved with it) cannot be checked: that is logged and allowed.
     """
     if not saved:
         logging.warning("The checkpoint in %s has no saved config: resuming without "
@@ -97,8 +97,8 @@ def resume_check(saved: Mapping[str, Any], current: Mapping[str, Any], safe_fiel
             f"cannot resume from {checkpoint_dir}: the config differs from the saved one in "
             f"{len(refused)} field(s) that change the train state or the data stream:\n"
             f"{lines}\nTo start fresh, use a new --workdir, or delete {checkpoint_dir}")
-    if changed:  # every change left is a safe one; a warning, so runs at WARNING verbosity show it
+    if changed:  # all safe; a warning, as main runs at WARNING verbosity
         logging.warning("Resuming from %s with changed fields that are safe to change: %s",
-                     checkpoint_dir, "; ".join(f"config.{f}: {old!r} -> {new!r}"
-                                               for f, (old, new) in changed.items()))
+                        checkpoint_dir, "; ".join(f"config.{f}: {old!r} -> {new!r}"
+                                                  for f, (old, new) in changed.items()))
     return changed

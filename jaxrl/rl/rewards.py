@@ -21,7 +21,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from absl import logging
 
 from jaxrl.models.tokenizer import Tokenizer

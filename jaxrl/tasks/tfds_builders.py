@@ -182,6 +182,7 @@ def jsonl_config(manual_dir, name: str = "default", on_error: str = "skip") -> J
         name=f"{name}-{sha[:SOURCE_HASH_CHARS]}", on_error=on_error,
         description=f"{name}: train.jsonl / test.jsonl of {manual_dir}, sha256 {sha}")
 
+
 class MalformedRowError(ValueError):
     """A JSONL row that is not a usable problem; the message starts with `path:line:`."""
 
