@@ -6,7 +6,8 @@ ConfigDict into frozen dataclasses once (`build`), by field name: a key the data
 not have, or a field the ConfigDict lacks, is an error naming it. Each dataclass checks its
 own values in `__post_init__`, naming the field (`config.rl.num_prompts must be >= 1, got 0`),
 so a bad value fails before anything compiles. The dataclasses are frozen and hashable:
-jitted functions take them as static arguments.
+jitted functions take them as static arguments. `parse_flags` names an override of a
+field that does not exist.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import dataclasses
 import importlib.util
 import math
 import pathlib
+import sys
 import types
 import typing
 from typing import Any, Iterable, Mapping
@@ -125,15 +127,59 @@ def positive(path: str, value) -> None:
         raise ValueError(f"{path} must be a finite number > 0, got {value}")
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A dataclass (or nested dict) as `{"rl.kl_coef": 0.0, ...}` of JSON-able leaves."""
-    if dataclasses.is_dataclass(tree):
-        tree = {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
-    if isinstance(tree, Mapping):
-        out = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    if isinstance(tree, tuple):
-        tree = list(tree)
-    return {prefix[:-1]: tree}
+def unknown_override_message(config: ml_collections.ConfigDict, flag: str,
+                             flag_name: str = "config") -> str | None:
+    """For an override flag such as `--config.rl.foo=1`, the one line saying which part of
+    its path does not exist and what its parent has, or None when the path exists (or
+    indexes a list, `a[0]`, which is left to config_flags)."""
+    path = flag.lstrip("-").partition("=")[0]
+    if path.startswith(f"no{flag_name}."):  # absl's --noflag form of a bool
+        path = path[2:]
+    parts = path.split(".")
+    if parts[0] != flag_name or any("[" in part for part in parts):
+        return None
+    node, prefix = config, flag_name
+    for part in parts[1:]:
+        if not isinstance(node, ml_collections.ConfigDict):
+            return (f"{prefix}.{part} does not exist: {prefix} is the {type(node).__name__} "
+                    f"{node!r:.40}, not a group of fields")
+        if part not in node:
+            return f"{prefix}.{part} does not exist; {prefix} has: {', '.join(sorted(node.keys()))}"
+        node, prefix = node[part], f"{prefix}.{part}"
+    return None
+
+
+def parse_flags(argv: list[str], flag_name: str = "config") -> list[str]:
+    """absl's flags parser, with one line instead of config_flags' traceback for an override
+    of a field that does not exist (exit status 2).
+
+    Use as `app.run(main, flags_parser=parse_flags)`.
+    """
+    from absl import app
+
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):  # what config_flags raises for a path it cannot find
+        message = _unknown_override(argv, flag_name)
+        if message is None:
+            raise
+        sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+        sys.exit(2)
+
+
+def _unknown_override(argv: list[str], flag_name: str) -> str | None:
+    """The first unknown override in argv, checked against the config file it names."""
+    config_arg = None
+    for i, arg in enumerate(argv):
+        for form in (f"-{flag_name}", f"--{flag_name}"):
+            if arg.startswith(f"{form}="):
+                config_arg = arg[len(form) + 1:]
+            elif arg == form and i + 1 < len(argv):
+                config_arg = argv[i + 1]
+    if config_arg is None:
+        return None
+    path, _, arg = config_arg.partition(":")
+    config = load_config_file(path, arg or None)
+    overrides = (a for a in argv if a.lstrip("-").startswith((f"{flag_name}.", f"no{flag_name}.")))
+    return next(filter(None, (unknown_override_message(config, a, flag_name) for a in overrides)),
+                None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxrl.config_utils import build
+from jaxrl.config_utils import build, parse_flags
 from jaxrl.jobs import generate, train
 
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file (optionally :arg).",
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,4 +1,6 @@
+import logging
 import os
+import shutil
 import signal
 import time
 
@@ -10,7 +12,7 @@ import pytest
 from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxrl.checkpoint import Checkpointer, PreemptionGuard, install_preemption_handler
+from jaxrl.checkpoint import Checkpointer, PreemptionGuard
 
 
 @struct.dataclass
@@ -183,7 +185,7 @@ def test_sigterm_sets_flag_and_restores_previous_handler():
 
     original = signal.signal(signal.SIGTERM, previous)
     try:
-        guard = install_preemption_handler()
+        guard = PreemptionGuard()
         assert not guard.reached(0)
         os.kill(os.getpid(), signal.SIGTERM)
         deadline = time.monotonic() + 5
@@ -203,9 +205,101 @@ def test_second_signal_goes_to_previous_handler():
     try:
         with PreemptionGuard(signals=(signal.SIGTERM, signal.SIGINT)) as guard:
             signal.raise_signal(signal.SIGINT)
-            assert guard.reached() and calls == []
+            assert guard.reached(1) and calls == []
             signal.raise_signal(signal.SIGINT)
             assert calls == [signal.SIGINT]
         assert signal.getsignal(signal.SIGTERM) is not guard._handle
     finally:
         signal.signal(signal.SIGINT, original)
+
+
+def test_ctrl_c_sets_the_flag_and_a_second_one_interrupts():
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own
+    try:
+        with PreemptionGuard() as guard:
+            assert guard.signals == (signal.SIGTERM, signal.SIGINT)
+            assert not guard.reached(0)
+            signal.raise_signal(signal.SIGINT)
+            assert guard.reached(1) and guard.received == signal.SIGINT
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, original)
+
+
+def _save_steps_6_and_8(tmp_path):
+    with Checkpointer(tmp_path) as ckpt:
+        for step in (6, 8):
+            ckpt.save(step, {"w": jnp.arange(256.0) + step}, metadata={"step": step})
+    return tmp_path / "checkpoints" / "8"
+
+
+def _truncate_biggest_state_file(step_dir):
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file()]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    os.truncate(biggest, biggest.stat().st_size // 2)
+
+
+def _empty_the_directory(step_dir):
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_truncate_biggest_state_file, "OUT_OF_RANGE"),
+    (_empty_the_directory, 'Item "metadata" was not found'),
+    (lambda step_dir: shutil.rmtree(step_dir / "state"), 'Item "state" was not found'),
+])
+def test_restore_falls_back_from_a_damaged_newest_step(tmp_path, caplog, damage, reason):
+    damage(_save_steps_6_and_8(tmp_path))
+    abstract = {"w": jnp.zeros(256)}
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [6, 8]  # orbax still lists the damaged step
+        with caplog.at_level(logging.WARNING):
+            step, state, metadata = ckpt.restore_latest_valid(abstract)
+        assert step == 6 and metadata == {"step": 6}
+        np.testing.assert_array_equal(state["w"], np.arange(256.0) + 6)
+        warning, = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+        assert warning.startswith(f"Checkpoint step 8 in {tmp_path / 'checkpoints'} does not "
+                                  "restore, skipped: ") and reason in warning
+        assert "\n" not in warning
+        np.testing.assert_array_equal(ckpt.restore(abstract)["w"], np.arange(256.0) + 6)
+        # The resumed run reaches step 8 again: its save replaces the damaged one.
+        assert ckpt.save(8, {"w": jnp.arange(256.0) - 8})
+        ckpt.wait()
+        step, state, _ = ckpt.restore_latest_valid(abstract)
+    assert step == 8
+    np.testing.assert_array_equal(state["w"], np.arange(256.0) - 8)
+
+
+def test_no_restorable_step_lists_each_one(tmp_path):
+    _truncate_biggest_state_file(_save_steps_6_and_8(tmp_path))
+    _empty_the_directory(tmp_path / "checkpoints" / "6")
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(ValueError) as info:
+            ckpt.restore_latest_valid({"w": jnp.zeros(256)})
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"no checkpoint in {tmp_path / 'checkpoints'} restores:"
+    assert lines[1].startswith("  step 8: ValueError: OUT_OF_RANGE")
+    assert lines[2].startswith("  step 6: KeyError: ") and 'Item "metadata"' in lines[2]
+    assert lines[3] == ("To start fresh, use a new --workdir or delete "
+                        f"{tmp_path / 'checkpoints'}")
+
+
+def test_metadata_check_runs_before_the_state_and_its_refusal_propagates(tmp_path):
+    _save_steps_6_and_8(tmp_path)
+    seen = []
+
+    def refuse_step_8(metadata):
+        seen.append(metadata["step"])
+        if metadata["step"] == 8:
+            raise ValueError("config differs")
+
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(ValueError, match="config differs"):
+            ckpt.restore_latest_valid({"w": jnp.zeros(256)}, check_metadata=refuse_step_8)
+        assert seen == [8]  # a refused config is not a damaged step: 6 is not tried
+    with Checkpointer(tmp_path / "fresh") as empty:
+        with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+            empty.restore_latest_valid({"w": jnp.zeros(256)})

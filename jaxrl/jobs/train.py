@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from jaxrl import checkpoint, metrics as metrics_lib, sharding
+from jaxrl import checkpoint, metrics as metrics_lib, resume, sharding
 from jaxrl.config_utils import at_least, one_of
 from jaxrl.models import hf, loader
 from jaxrl.models.decoder import Decoder, param_axes
@@ -29,6 +29,13 @@ from jaxrl.rollout import das, policy
 from jaxrl.rollout.decode import generate
 from jaxrl.rollout.sampling import SamplingParams
 from jaxrl.tasks import prompts
+from jaxrl.workdir import workdir_lock
+
+# Fields a resume may change: they alter neither the train state nor the data stream
+# (`resume.resume_check` refuses any other difference).
+SAFE_TO_CHANGE = {"rl.steps", "eval", "checkpoint", "mesh", "rl.split_phases",
+                  "rollout.verify_impl", "rollout.attention_impl", "data.manual_dir",
+                  "data.data_dir"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,14 +169,33 @@ def evaluate(built: Built, params, temperature: float) -> float | None:
 
 
 def run(cfg: TrainConfig, workdir: str) -> dict:
+    """Trains in `workdir`, resuming from its newest checkpoint that restores; one run per
+    workdir at a time."""
+    with workdir_lock(workdir, jax.process_index()):
+        return _run(cfg, workdir)
+
+
+def saved_config(cfg: TrainConfig, source) -> dict:
+    """What is saved beside each checkpoint and checked on resume: the config, and the
+    prepared dataset (whose name carries its files' content hash)."""
+    return {**resume.flatten_config(dataclasses.asdict(cfg)),
+            "data.prepared": source.info.get("dataset", "embedded")}
+
+
+def _run(cfg: TrainConfig, workdir: str) -> dict:
     mesh = sharding.make_mesh(cfg.mesh)
     built = build(cfg, mesh, workdir)
     source, state, steps = built.source, built.state, built.steps
     logging.info("prompt source: %s", source.info)
-    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=cfg.checkpoint.max_to_keep)
-    start = ckpt.latest_step() or 0
-    if start:
-        state = ckpt.restore(state)
+    ckpt = checkpoint.Checkpointer(workdir, max_to_keep=cfg.checkpoint.max_to_keep,
+                                   cleanup_tmp=True)
+    config_now = saved_config(cfg, source)
+    metadata = {"config": config_now, "code_version": resume.code_version()}
+    start = 0
+    if ckpt.latest_step() is not None:
+        start, state, _ = ckpt.restore_latest_valid(state, check_metadata=lambda m: (
+            resume.resume_check(m.get("config", {}), config_now, SAFE_TO_CHANGE,
+                                checkpoint_dir=str(ckpt.directory))))
         logging.info("resumed from %s at step %d", workdir, start)
     total = cfg.total_steps
     writer = metrics_lib.MetricsWriter(workdir, start_step=start + 1)
@@ -219,9 +245,10 @@ def run(cfg: TrainConfig, workdir: str) -> dict:
                 eval_at(step)
             stop = preemption.reached(step)  # once per step: every process must agree
             if step % cfg.checkpoint.every == 0 or step == total or stop:
-                ckpt.save(step, state)
+                ckpt.save(step, state, metadata=metadata, force=stop)
             if stop:
-                logging.warning("%s: saved step %d, exiting", preemption.received, step)
+                why = preemption.received.name if preemption.received else "preemption"
+                logging.warning("%s: saved step %d, exiting", why, step)
                 break
     finally:
         ckpt.close()

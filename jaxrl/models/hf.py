@@ -288,7 +288,10 @@ def load(path: str | pathlib.Path, dtype="bfloat16") -> tuple[Decoder, dict]:
     """
     path = pathlib.Path(path)
     if not (path / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{path} has no {CONFIG_FILE}: not an HF checkpoint directory")
+        where = "" if path.is_dir() else " (the directory does not exist)"
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {path}{where}: a HF checkpoint "
+                                f"directory holds {CONFIG_FILE} and {WEIGHTS_FILE} (or "
+                                f"{INDEX_FILE} and its shards)")
     cfg = config_from_hf(json.loads((path / CONFIG_FILE).read_text()), _dtype_name(dtype))
     layout = _hf_layout(cfg)
     files = _weight_files(path)

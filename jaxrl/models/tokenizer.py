@@ -61,7 +61,16 @@ class HFTokenizer:
         pad token anywhere (Llama-3), padding uses the first eos id: pads are masked anyway.
         """
         path = pathlib.Path(path)
-        tokenizer = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+        file = path / "tokenizer.json"
+        if not file.is_file():
+            where = "" if path.is_dir() else " (the directory does not exist)"
+            raise FileNotFoundError(f"no tokenizer.json in {path}{where}: a HF tokenizer "
+                                    "directory holds tokenizer.json, from tokenizers or "
+                                    "transformers' save_pretrained")
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as e:  # tokenizers raises a bare Exception that names no file
+            raise ValueError(f"{file} does not load as a tokenizers tokenizer.json: {e}") from e
         tok_config = _read_json(path / "tokenizer_config.json")
         generation = _read_json(path / "generation_config.json")
         model = _read_json(path / "config.json")

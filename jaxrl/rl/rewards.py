@@ -4,8 +4,9 @@
 
 - `TaskReward` runs an embedded task's pure-JAX checker: it lives inside the jitted step.
 - `HostReward` decodes the completions and calls a Python function per sample (math
-  answers, user code) between the rollout and the update. A function that raises or runs
-  past its timeout gives that sample reward 0 and is counted; it never ends the run.
+  answers, user code) between the rollout and the update. A function that raises, runs
+  past its timeout, or returns anything but a finite real number within float32's range
+  gives that sample reward 0 and is counted; it never ends the run.
 
 Both add an optional format reward: `format_coef` for a completion that ended on its stop
 token and states an answer (the embedded tasks' `#<answer>` line).
@@ -13,11 +14,14 @@ token and states an answer (the embedded tasks' `#<answer>` line).
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Callable
+import math
+import numbers
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from jaxrl.models.tokenizer import Tokenizer
 from jaxrl.tasks.base import HASH_ID, Task, visible_tokens
@@ -42,8 +46,32 @@ class TaskReward:
                            "format_rate": formatted_B.mean()}
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def valid_reward(value: Any) -> float | None:
+    """`value` as a float if it is a real number (Python or NumPy scalar, or a 0-d integer
+    or float array) that is finite and within float32's range, else None. Booleans and
+    strings are refused: `True` or `"1"` from a reward function is a bug, not a score."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    is_array = hasattr(value, "dtype") and np.ndim(value) == 0 and (
+        np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
+    if not (isinstance(value, numbers.Real) or is_array):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return value if math.isfinite(value) and abs(value) <= _FLOAT32_MAX else None
+
+
 class HostReward:
     """`fn(completion_text, answer) -> float` per sample, on a thread pool.
+
+    A sample scores 0 and is counted when `fn` raises (`reward_errors`), runs past its time
+    (`reward_timeouts`) or returns what `valid_reward` refuses (`reward_invalid`: NaN, inf,
+    1e40, a bool, a string, None, ...), so one bad value never poisons the batch's update.
 
     Each call gets `timeout_s`; with `workers` threads the batch waits at most
     `timeout_s * ceil(B / workers)`, and whatever has not finished by then scores 0. A
@@ -69,15 +97,26 @@ class HostReward:
         done, _ = concurrent.futures.wait(
             futures, timeout=self.timeout_s * -(-len(futures) // self.workers))
         rewards = np.zeros(len(texts), np.float32)
-        errors = 0
+        errors, invalid = 0, []
         for i, fut in enumerate(futures):
             if fut in done:
                 try:
-                    rewards[i] = float(fut.result())
+                    value = fut.result()
                 except Exception:  # noqa: BLE001  a user reward function may raise anything
                     errors += 1
+                    continue
+                reward = valid_reward(value)
+                if reward is None:
+                    invalid.append((i, value))
+                else:
+                    rewards[i] = reward
+        if invalid:
+            i, value = invalid[0]
+            logging.warning("%d reward(s) were not finite float32 numbers and scored 0; the "
+                            "first, sample %d: %.80r", len(invalid), i, value)
         metrics = {"accuracy": float((rewards > 0).mean()) if texts else 0.0,
-                   "reward_errors": errors, "reward_timeouts": len(futures) - len(done)}
+                   "reward_errors": errors, "reward_timeouts": len(futures) - len(done),
+                   "reward_invalid": len(invalid)}
         if self.format_fn is not None:
             formatted = np.asarray([bool(f) and self.format_fn(t) for f, t in zip(finished_B, texts)],
                                    np.float32)

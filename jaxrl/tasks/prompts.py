@@ -152,7 +152,7 @@ class JsonlPrompts:
         self.reward_timeout_s = d.reward_timeout_s
         data_dir = d.data_dir or os.path.join(workdir, "data")
         builder = tb.prepare_jsonl(data_dir, d.manual_dir, d.name, d.on_error)
-        name = f"jsonl_math/{d.name}"
+        name = builder.dataset_name  # keyed on the files' content
         train = tb.load_source(name, data_dir, "train")
         # Tokenized once: the length filter needs every prompt, and steps reuse them.
         self.train_prompts = [self._encode(train[i]["prompt"]) for i in range(len(train))]

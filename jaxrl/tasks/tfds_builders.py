@@ -10,8 +10,9 @@ that runs on generated prompts, and the GPU benchmarks, need no TFDS.
     src = tb.load_source("embedded_tasks/countdown-d2", "/data/tfds", "train")
     src[0]  # {'prompt': '24:3,4,6,8\\n', 'solution': ..., 'answer': '24', 'target': array}
 
-    tb.prepare_jsonl("/data/tfds", manual_dir="/data/gsm8k", name="gsm8k")
-    src = tb.load_source("jsonl_math/gsm8k", "/data/tfds", "test")
+    builder = tb.prepare_jsonl("/data/tfds", manual_dir="/data/gsm8k", name="gsm8k")
+    builder.dataset_name  # 'jsonl_math/gsm8k-<hash of the files>': new files, new dataset
+    src = tb.load_source(builder.dataset_name, "/data/tfds", "test")
     src[0]  # {'prompt': 'Janet’s ducks lay ...', 'answer': '18'}
 
 Records keep their order: example i of an embedded split is the i-th generated
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import hashlib
 import json
 import operator
 from typing import Any, Iterator
@@ -143,14 +145,42 @@ class EmbeddedTasks(tfds.core.GeneratorBasedBuilder):
 
 @dataclasses.dataclass(eq=False)
 class JsonlMathConfig(tfds.core.BuilderConfig):
-    """A named JSONL dataset; `on_error` says what a malformed row does: 'skip' (log it
-    with file and line, count it, go on) or 'raise' (stop at the first one)."""
+    """A JSONL dataset; `on_error` says what a malformed row does: 'skip' (log it with file
+    and line, count it, go on) or 'raise' (stop at the first one). Make these with
+    `jsonl_config`, whose names carry a hash of the files, so other files prepare anew."""
 
     on_error: str = "skip"
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+
+
+SOURCE_HASH_CHARS = 12  # of the sha256: 48 bits, no collision between one user's files
+
+
+def source_sha256(manual_dir) -> str:
+    """sha256 over the manual_dir's train.jsonl and test.jsonl: each file's name and bytes,
+    or that it is absent, so the digest changes with any file's content."""
+    digest = hashlib.sha256()
+    for split in JSONL_SPLITS:
+        path = tfds.core.Path(manual_dir) / f"{split}.jsonl"
+        digest.update(f"{path.name}\0".encode())
+        if not path.exists():
+            digest.update(b"absent\0")
+            continue
+        data = path.read_bytes()
+        digest.update(f"{len(data)}\0".encode() + data)
+    return digest.hexdigest()
+
+
+def jsonl_config(manual_dir, name: str = "default", on_error: str = "skip") -> JsonlMathConfig:
+    """The config `{name}-{first SOURCE_HASH_CHARS of source_sha256(manual_dir)}`: the same
+    files under any path share a prepared dataset, and changed files get a new one."""
+    sha = source_sha256(manual_dir)
+    return JsonlMathConfig(
+        name=f"{name}-{sha[:SOURCE_HASH_CHARS]}", on_error=on_error,
+        description=f"{name}: train.jsonl / test.jsonl of {manual_dir}, sha256 {sha}")
 
 
 class MalformedRowError(ValueError):
@@ -267,6 +297,11 @@ class JsonlMath(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True,  # rows keep the file's order
         )
 
+    @property
+    def dataset_name(self) -> str:
+        """What to load it by: `load_source(builder.dataset_name, data_dir, split)`."""
+        return f"{self.name}/{self.builder_config.name}"
+
     def _split_generators(self, dl_manager):
         manual_dir = dl_manager.manual_dir
         files = {split: manual_dir / f"{split}.jsonl" for split in JSONL_SPLITS}
@@ -274,11 +309,25 @@ class JsonlMath(tfds.core.GeneratorBasedBuilder):
         if not present:
             raise ValueError(f"no {' or '.join(p.name for p in files.values())} in the "
                              f"manual_dir {manual_dir}")
-        return {split: self._generate_examples(path) for split, path in present.items()}
+        # Read whole before TFDS writes anything: it cannot write an empty split, and its
+        # error for one names neither the file nor why it is empty.
+        rows = {}
+        for split, path in present.items():
+            n_malformed = len(self.malformed)
+            kept = list(read_jsonl(path, self.builder_config.on_error, self.malformed))
+            if kept:
+                rows[split] = kept
+                continue
+            read = len(self.malformed) - n_malformed  # every non-blank row was rejected
+            empty = (f"{path} has no usable row: {read} non-blank rows read, "
+                     f"{read} rejected as malformed")
+            if split == "train" or len(present) == 1:
+                raise ValueError(empty)
+            logging.warning("%s; the dataset has no %s split", empty, split)
+        return {split: self._generate_examples(kept) for split, kept in rows.items()}
 
-    def _generate_examples(self, path):
-        for line_no, prompt, answer in read_jsonl(path, self.builder_config.on_error,
-                                                  self.malformed):
+    def _generate_examples(self, rows):
+        for line_no, prompt, answer in rows:
             yield line_no, {"prompt": prompt, "answer": answer}
 
 
@@ -298,11 +347,16 @@ def prepare_embedded(data_dir, task: str, difficulty: int = DEFAULT_DIFFICULTY,
 
 def prepare_jsonl(data_dir, manual_dir, name: str = "default",
                   on_error: str = "skip") -> JsonlMath:
-    """Writes (once) the JSONL dataset `jsonl_math/<name>` under data_dir from the
-    manual_dir's train.jsonl / test.jsonl; `.malformed` on the result lists skipped rows
-    (empty when the dataset was already prepared)."""
-    builder = JsonlMath(config=JsonlMathConfig(name=name, on_error=on_error),
-                        data_dir=data_dir)
+    """Writes (once per content) the dataset `jsonl_math/<jsonl_config(manual_dir, name)
+    .name>` under data_dir from the manual_dir's train.jsonl / test.jsonl; load it by the
+    result's `.dataset_name`. `.malformed` on the result lists skipped rows (empty when
+    the dataset was already prepared). A train.jsonl with no usable row raises ValueError
+    naming the file; so does a test.jsonl with none when there is no train.jsonl, and with
+    one it is left out with a warning."""
+    config = jsonl_config(manual_dir, name, on_error)
+    builder = JsonlMath(config=config, data_dir=data_dir)
+    logging.info("JSONL dataset %s under %s is %s", builder.dataset_name, data_dir,
+                 config.description)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     return builder

@@ -352,3 +352,17 @@ def test_sliding_window_field_alone_is_accepted():
                              "use_sliding_window": False, "sliding_window": 32768,
                              "max_window_layers": 8})
     assert cfg.qkv_bias
+
+
+def test_missing_config_or_weights_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError,
+                       match=f"no config.json in {tmp_path / 'gone'} .the directory does not"):
+        hf.load(tmp_path / "gone")
+    cfg = ROUND_TRIP_CONFIGS["qwen2"]
+    hf.save(tmp_path, cfg, _random_params(cfg))
+    (tmp_path / hf.WEIGHTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} holds neither model.safetensors"):
+        hf.load(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=f"no config.json in {tmp_path}: a HF checkpoint"):
+        hf.load(tmp_path)

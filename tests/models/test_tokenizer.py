@@ -83,3 +83,18 @@ def test_char_tokenizer_errors():
         tok.encode("café")
     with pytest.raises(ValueError, match=r"ids \[99\] are outside"):
         tok.decode([5, 99])
+
+
+def test_hf_tokenizer_missing_or_broken_file_is_named(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError) as info:
+        HFTokenizer.from_dir(tmp_path / "model")
+    assert str(info.value).startswith(f"no tokenizer.json in {tmp_path / 'model'}: ")
+    with pytest.raises(FileNotFoundError,
+                       match=f"no tokenizer.json in {tmp_path / 'gone'} .the directory does not"):
+        HFTokenizer.from_dir(tmp_path / "gone")
+    (tmp_path / "model" / "tokenizer.json").write_text('{"version": "1.0"')
+    with pytest.raises(ValueError, match=f"{tmp_path / 'model' / 'tokenizer.json'} does not "
+                                         "load as a tokenizers tokenizer.json: "):
+        HFTokenizer.from_dir(tmp_path / "model")

@@ -1,6 +1,7 @@
 """The GRPO step: fused equals split, the policy learns a bandit, the sampler and trainer
 agree on log-probs, zero-signal groups and non-finite gradients leave params alone, and a
 host reward that raises or hangs scores 0 without stopping the step."""
+import logging
 import time
 
 import jax
@@ -174,3 +175,22 @@ def test_speculative_rollouts_leave_training_unchanged(split):
     assert accepted > 0
     assert (np.asarray(s2.history.owner_S) == np.arange(P)).all()
     jax.tree.map(np.testing.assert_array_equal, s1.params, s2.params)
+
+
+def test_host_reward_counts_invalid_values_and_scores_them_zero(caplog):
+    returned = {"one": 1, "half": np.float32(0.5), "big": 3e38, "neg": -2.0,
+                "array": np.asarray(0.25), "nan": float("nan"), "inf": float("inf"),
+                "-inf": -np.inf, "1e40": 1e40, "huge_int": 10**400, "str": "1", "true": True,
+                "np_true": np.bool_(True), "none": None, "list": [1.0], "complex": 1j}
+    reward = HostReward(lambda text, answer: returned[answer], CharTokenizer())
+    answers = list(returned)
+    with caplog.at_level(logging.WARNING):
+        r, m = reward(jnp.full((len(answers), N), 20, jnp.int32), jnp.full((len(answers),), N),
+                      jnp.ones((len(answers),), bool), answers)
+    valid = [1.0, 0.5, np.float32(3e38), -2.0, 0.25]
+    np.testing.assert_array_equal(r, np.asarray(valid + [0.0] * (len(answers) - 5), np.float32))
+    assert m["reward_invalid"] == len(answers) - 5
+    assert m["reward_errors"] == 0 and m["reward_timeouts"] == 0
+    assert m["accuracy"] == 4 / len(answers)  # 1, 0.5, 3e38, 0.25; 1e40 and True do not count
+    assert "11 reward(s) were not finite float32 numbers and scored 0; the first, sample 5: nan" \
+        in caplog.text

@@ -254,3 +254,27 @@ def test_default_config_is_valid_and_variants_parse():
     assert (sft.task.name, sft.rl.steps, sft.sft.steps) == ("sort", 0, 300)
     with pytest.raises(ValueError, match="config.sft.steps=0 and config.rl.steps=0"):
         train_config(config_dict("sft", "sft_steps=0"))
+
+
+def test_resume_at_the_sft_boundary_writes_each_eval_once(tmp_path):
+    """A run resumed at step sft.steps used to evaluate that step again (two eval records)."""
+    run(tiny_config(sft_steps=3, rl_steps=0), tmp_path)  # evaluates at 0 and 3
+    run(tiny_config(sft_steps=3, rl_steps=2), tmp_path)  # resumes at 3: rl.steps may change
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 3, 5]
+    assert [r["step"] for r in rows if "eval/accuracy" not in r] == [1, 2, 3, 4, 5]
+
+
+def test_resume_refuses_a_changed_config_and_a_busy_workdir(tmp_path):
+    from jaxrl.workdir import WorkdirInUseError, workdir_lock
+
+    run(tiny_config(sft_steps=2, rl_steps=0), tmp_path)
+    changed = tiny_config(sft_steps=2, rl_steps=0)
+    changed.task.name, changed.rl.kl_coef = "sort", 0.01
+    with pytest.raises(ValueError, match=r"(?s)differs from the saved one in 2 field.*"
+                                         r"config.rl.kl_coef: saved 0.0, now 0.01.*"
+                                         r"config.task.name: saved 'countdown', now 'sort'.*"
+                                         r"use a new --workdir"):
+        run(changed, tmp_path)
+    with workdir_lock(tmp_path), pytest.raises(WorkdirInUseError, match="is in use by"):
+        run(tiny_config(sft_steps=2, rl_steps=0), tmp_path)

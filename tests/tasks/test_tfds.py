@@ -1,6 +1,7 @@
 """The TFDS builders: datasets written to array_record and read back with a data source,
 checked against what made them (the task generators, the JSONL rows), with no TensorFlow.
 """
+import hashlib
 import json
 import logging
 import sys
@@ -114,14 +115,15 @@ def test_jsonl_rows_are_read_in_order(tmp_path):
     write_jsonl(manual / "test.jsonl", [MATH])
     builder = tb.prepare_jsonl(tmp_path / "data", manual, name="mix")
     assert builder.malformed == []
-    train = read_all("jsonl_math/mix", tmp_path / "data", "train")
+    assert builder.dataset_name == f"jsonl_math/{tb.jsonl_config(manual, 'mix').name}"
+    train = read_all(builder.dataset_name, tmp_path / "data", "train")
     assert train == [
         {"prompt": GSM8K["question"], "answer": "1,203"},
         {"prompt": MATH["problem"], "answer": "\\frac{3}{4}"},
         {"prompt": DEEPSCALER["problem"], "answer": "\\sqrt{2}"},
         {"prompt": "1+1?", "answer": "2"},
     ]
-    assert read_all("jsonl_math/mix", tmp_path / "data", "test") == [
+    assert read_all(builder.dataset_name, tmp_path / "data", "test") == [
         {"prompt": MATH["problem"], "answer": "\\frac{3}{4}"}]
     # The stored answers are what the checker grades against.
     assert math_checker.check("... #### 1203", train[0]["answer"])
@@ -171,7 +173,7 @@ def test_malformed_rows_are_skipped_and_reported(tmp_path, caplog):
         assert reason in error.reason
     assert f"{path}:6: no final answer" in caplog.text
     assert f"{path}: kept 2 rows, skipped 10 malformed" in caplog.text
-    assert read_all("jsonl_math/dirty", tmp_path / "data", "train") == [
+    assert read_all(builder.dataset_name, tmp_path / "data", "train") == [
         {"prompt": GSM8K["question"], "answer": "1,203"},
         {"prompt": MATH["problem"], "answer": "\\frac{3}{4}"}]
 
@@ -184,8 +186,9 @@ def test_malformed_row_raises_when_configured(tmp_path):
     with pytest.raises(tb.MalformedRowError, match=rf"^{path}:2: bad JSON") as info:
         tb.prepare_jsonl(tmp_path / "data", manual, name="strict", on_error="raise")
     assert info.value.line == 2
-    with pytest.raises(FileNotFoundError, match="'jsonl_math/strict' is not prepared"):
-        tb.load_source("jsonl_math/strict", tmp_path / "data", "train")
+    name = f"jsonl_math/{tb.jsonl_config(manual, 'strict').name}"
+    with pytest.raises(FileNotFoundError, match=f"'{name}' is not prepared"):
+        tb.load_source(name, tmp_path / "data", "train")
 
 
 @pytest.mark.parametrize("row, expected", [
@@ -228,8 +231,9 @@ def test_source_indexing_and_errors(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
     write_jsonl(manual / "train.jsonl", [GSM8K, MATH, DEEPSCALER])
-    tb.prepare_jsonl(tmp_path, manual)  # the default name
-    source = tb.load_source("jsonl_math/default", tmp_path, "train")
+    name = tb.prepare_jsonl(tmp_path, manual).dataset_name  # the default name
+    assert name.startswith("jsonl_math/default-")
+    source = tb.load_source(name, tmp_path, "train")
     assert len(source) == 3
     assert source[-1] == source[2] and source[-1]["prompt"] == DEEPSCALER["problem"]
     assert [ex["prompt"] for ex in source] == [r[k] for r, k in (
@@ -238,9 +242,67 @@ def test_source_indexing_and_errors(tmp_path):
         source[3]
     with pytest.raises(IndexError):
         source[-4]
-    assert len(tb.load_source("jsonl_math/default", tmp_path, "train[1:]")) == 2
+    assert len(tb.load_source(name, tmp_path, "train[1:]")) == 2
     with pytest.raises(ValueError, match=r"Unknown split 'test'. Should be one of \['train'\]"):
-        tb.load_source("jsonl_math/default", tmp_path, "test")
+        tb.load_source(name, tmp_path, "test")
     for name in ("embedded_tasks/sort-d1", "embedded_tasks/sort-d1-train5", "no_such_dataset"):
         with pytest.raises(FileNotFoundError, match="is not prepared under"):
             tb.load_source(name, tmp_path, "train")
+
+
+def test_jsonl_dataset_is_keyed_on_its_files(tmp_path):
+    dir_a, dir_b, copy_of_a = (tmp_path / n for n in ("a", "b", "copy_of_a"))
+    for d, rows in ((dir_a, [GSM8K, MATH]), (dir_b, [DEEPSCALER]), (copy_of_a, [GSM8K, MATH])):
+        d.mkdir()
+        write_jsonl(d / "train.jsonl", rows)
+    data = tmp_path / "data"
+    a = tb.prepare_jsonl(data, dir_a, name="math")
+    b = tb.prepare_jsonl(data, dir_b, name="math")  # same data_dir and name, other files
+    assert a.dataset_name != b.dataset_name
+    assert [r["prompt"] for r in read_all(b.dataset_name, data, "train")] == [
+        DEEPSCALER["problem"]]
+    assert len(read_all(a.dataset_name, data, "train")) == 2  # A's dataset is still there
+    # The name is the content's: the same bytes under another path reuse A's dataset ...
+    assert tb.prepare_jsonl(data, copy_of_a, name="math").dataset_name == a.dataset_name
+    # ... and it is the sha256 of the files as stated (absent test.jsonl included).
+    content = (dir_a / "train.jsonl").read_bytes()
+    sha = hashlib.sha256(b"train.jsonl\0" + f"{len(content)}\0".encode() + content
+                         + b"test.jsonl\0absent\0").hexdigest()
+    assert a.dataset_name == f"jsonl_math/math-{sha[:12]}"
+    assert f"sha256 {sha}" in a.builder_config.description
+    assert str(dir_a) in a.builder_config.description
+
+
+@pytest.mark.parametrize("lines, read", [
+    ([], 0),  # empty file
+    (["", "  ", "\t"], 0),  # blank lines only
+    (['{"question": "q"}', "not json", "[1]"], 3),  # every row malformed
+])
+def test_train_file_with_no_usable_row_is_refused_naming_it(tmp_path, lines, read):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    write_jsonl(manual / "train.jsonl", lines)
+    write_jsonl(manual / "test.jsonl", [MATH])
+    path = manual / "train.jsonl"
+    with pytest.raises(ValueError) as info:
+        tb.prepare_jsonl(tmp_path / "data", manual, name="x")
+    assert str(info.value) == (f"{path} has no usable row: {read} non-blank rows read, "
+                               f"{read} rejected as malformed")
+
+
+def test_test_file_with_no_usable_row_is_left_out_with_a_warning(tmp_path, caplog):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    write_jsonl(manual / "train.jsonl", [GSM8K])
+    write_jsonl(manual / "test.jsonl", ["oops", ""])
+    with caplog.at_level(logging.WARNING):
+        builder = tb.prepare_jsonl(tmp_path / "data", manual, name="x")
+    assert f"{manual / 'test.jsonl'} has no usable row: 1 non-blank rows read, 1 rejected " \
+           "as malformed; the dataset has no test split" in caplog.text
+    assert list(builder.info.splits) == ["train"]
+    assert read_all(builder.dataset_name, tmp_path / "data", "train") == [
+        {"prompt": GSM8K["question"], "answer": "1,203"}]
+    # With no train.jsonl, an unusable test.jsonl is all there is: refused.
+    (manual / "train.jsonl").unlink()
+    with pytest.raises(ValueError, match=r"test.jsonl has no usable row: 1 non-blank rows"):
+        tb.prepare_jsonl(tmp_path / "data", manual, name="x")
