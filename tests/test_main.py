@@ -68,6 +68,15 @@ def test_wrong_types_are_named():
         main.typed_config(config)
 
 
+def test_prompt_beyond_the_model_positions_is_refused(tmp_path):
+    config = get_config()
+    config.prompts = ("x" * 2040,)
+    config.sampling.max_new_tokens = 16
+    with pytest.raises(ValueError, match=r"2040 tokens\) plus config.sampling.max_new_tokens=16 exceeds the "
+                                         "model's 2048 positions"):
+        generate.run(main.typed_config(config)[1], str(tmp_path))
+
+
 def test_config_string_args():
     assert get_config("model=qwen2_0p5b").model.preset == "qwen2_0p5b"
     with pytest.raises(ValueError, match="unknown config arg 'size'"):

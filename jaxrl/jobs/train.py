@@ -79,6 +79,10 @@ class TrainConfig:
                                  "config.data.source='jsonl'; the embedded tasks train a "
                                  "random-init preset on the character tokenizer (set "
                                  "config.model.path='')")
+            task = self.task.make()
+            prompt_len, solution_len = task.max_prompt_len, task.max_solution_len + 1
+            self._check_positions("the task's longest prompt", prompt_len,
+                                  self.rl.max_new_tokens or solution_len)
             return
         if not self.model.path:
             raise ValueError("config.data.source='jsonl' needs config.model.path, an HF "
@@ -92,6 +96,17 @@ class TrainConfig:
         if self.rl.max_new_tokens < 1:
             raise ValueError(f"config.rl.max_new_tokens must be >= 1 with config.data.source="
                              f"'jsonl' (there is no task budget), got {self.rl.max_new_tokens}")
+        self._check_positions("config.data.max_prompt_len", self.data.max_prompt_len,
+                              self.rl.max_new_tokens)
+
+    def _check_positions(self, what: str, prompt_len: int, new_tokens: int) -> None:
+        """A prompt plus its completion must fit the model's positions (RoPE was trained
+        on no more; the cache is sized by it)."""
+        limit = self.model.max_positions()
+        if prompt_len + new_tokens > limit:
+            raise ValueError(f"{what} ({prompt_len} tokens) plus {new_tokens} new tokens "
+                             f"(config.rl.max_new_tokens, 0 = the task's budget) exceeds the "
+                             f"model's max_position_embeddings={limit}")
 
     @property
     def total_steps(self) -> int:

@@ -3,6 +3,7 @@ weights of a preset shape on the character tokenizer (`config.model`)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -37,6 +38,13 @@ class ModelSource:
                 raise ValueError(f"config.model.path={self.path!r} has no {hf.CONFIG_FILE}")
         else:
             one_of("config.model.preset", self.preset, sorted(PRESETS))
+
+    def max_positions(self) -> int:
+        """The model's max_position_embeddings, read without loading weights."""
+        if not self.path:
+            return PRESETS[self.preset].max_position_embeddings
+        with open(os.path.join(self.path, hf.CONFIG_FILE)) as f:
+            return hf.config_from_hf(json.load(f)).max_position_embeddings
 
 
 def load(source: ModelSource, seed: int, *,

@@ -237,6 +237,8 @@ def test_sigterm_saves_and_exits_then_resume_finishes(tmp_path):
     ("rollout.verify_impl", "triton", "rollout.verify_impl='triton'"),
     ("rollout.long_frac", 0.8, "long_frac"),
     ("mesh.data", 0, "config.mesh sizes must be positive"),
+    ("rl.max_new_tokens", 4000, "plus 4000 new tokens .* exceeds the model's "
+                                "max_position_embeddings=2048"),
 ])
 def test_bad_train_config_is_named(field, value, match):
     config = load_config()
