@@ -40,9 +40,9 @@ from jaxrl.rollout import policy as length_policy
 from jaxrl.rollout.decode import generate
 from jaxrl.rollout.sampling import SamplingParams
 from jaxrl.rollout.speculative import SpecConfig
-from kernels.ragged_attention import IMPLS as ATTENTION_IMPLS
 from jaxrl.tasks import batches, get_task, math_checker
 from jaxrl.tasks.base import TOKENIZER
+from kernels.dispatch import IMPLS
 
 SOURCES = ("embedded", "jsonl")
 # Copied from model.path next to the exported weights, where present: what a server needs
@@ -488,7 +488,7 @@ def validate(config) -> None:
     if config.task.train_pool < 0:
         raise ValueError(f"config.task.train_pool must be >= 0 (0 = fresh problems), got "
                          f"{config.task.train_pool}")
-    _one_of("config.rollout.attention_impl", config.rollout.attention_impl, ATTENTION_IMPLS)
+    _one_of("config.rollout.attention_impl", config.rollout.attention_impl, IMPLS)
     if config.rollout.speculative:
         _positive(config, "rollout.window")
         if config.rollout.history_slots < 0:

@@ -32,10 +32,8 @@ from jaxrl.models.kv_cache import init_cache
 from jaxrl.rollout import drafter, policy
 from jaxrl.rollout.decode import Rollout, _validate
 from jaxrl.rollout.sampling import SamplingParams, position_keys, sample
-from kernels import spec_verify
-
-
-VERIFY_IMPLS = ("auto", "pallas", "reference")
+from kernels.dispatch import IMPLS
+from kernels.speculative_sampling import speculative_sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +53,7 @@ class SpecConfig:
     min_bucket: int = 8  # smallest bucket of rows
     cost_base: float = 1.0  # verification pass cost model, t = cost_base + cost_per_token *
     cost_per_token: float = 0.01  # tokens (any unit: only the ratio matters)
-    verify_impl: str = "auto"  # auto | pallas | reference (kernels/spec_verify.py)
+    verify_impl: str = "auto"  # auto | pallas | reference (kernels/speculative_sampling)
 
     @property
     def max_draft(self) -> int:
@@ -79,8 +77,8 @@ class SpecConfig:
         if self.cost_base < 0 or self.cost_per_token <= 0:
             raise ValueError(f"rollout.cost_base must be >= 0 and cost_per_token > 0, got "
                              f"{self.cost_base} and {self.cost_per_token}")
-        if self.verify_impl not in VERIFY_IMPLS:
-            raise ValueError(f"rollout.verify_impl={self.verify_impl!r}; valid: {VERIFY_IMPLS}")
+        if self.verify_impl not in IMPLS:
+            raise ValueError(f"rollout.verify_impl={self.verify_impl!r}; valid: {IMPLS}")
         return self
 
 
@@ -174,7 +172,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         keys_RT2 = position_keys(base_key, jnp.repeat(uids_B[rows_R], k + 1),
                                  t_RT.reshape(-1)).reshape(r, k + 1, 2)
         s = sampling.take(rows_R)
-        tokens_RT, accepted_R, lp_RT, slp_RT = spec_verify.verify(
+        tokens_RT, accepted_R, lp_RT, slp_RT = speculative_sample(
             logits_RTV, drafts_RK, jnp.minimum(d.num_B, k), s.temperature_B, s.top_k_B,
             s.top_p_B, keys_RT2, impl=spec.verify_impl)
         pad = lambda x: jnp.pad(x, ((0, 0), (0, kmax - k)))  # noqa: E731
