@@ -10,7 +10,7 @@ whole padded corpus), so the weights are random and the corpus is random tokens.
 
 Pieces, at each bucket size (rows):
 - `decode_step`: the plain rollout's step: one cached forward of 1 token per row + sample.
-- `verify_k`: one cached forward of k + 1 tokens per row + `spec_verify.verify`.
+- `verify_k`: one cached forward of k + 1 tokens per row + `speculative_sample`.
 - `corpus`: building the rows' contexts and the per-prompt corpus from history + live outputs.
 - `draft`: `drafter.draft` on that corpus (match, candidates, walk).
 - `match`: the match-length scan alone; `candidates`: the first-occurrence selection alone.
@@ -38,7 +38,7 @@ from jaxrl.models.decoder import Decoder, init_params  # noqa: E402
 from jaxrl.models.kv_cache import init_cache  # noqa: E402
 from jaxrl.rollout import drafter  # noqa: E402
 from jaxrl.rollout.sampling import SamplingParams, position_keys, sample  # noqa: E402
-from kernels import spec_verify  # noqa: E402
+from kernels.speculative_sampling import speculative_sample  # noqa: E402
 
 
 def parse_args(argv):
@@ -142,7 +142,7 @@ def main(argv=None):
             logits_BTV, new = apply(jnp.concatenate([last_B[:, None], drafts_BK], 1), cache=cache)
             t_BT = i + jnp.arange(k + 1)[None, :] + jnp.zeros((rows, 1), jnp.int32)
             keys_BT2 = position_keys(key, jnp.repeat(uids_B, k + 1), t_BT.reshape(-1))
-            tokens_BT, acc_B, _, _ = spec_verify.verify(
+            tokens_BT, acc_B, _, _ = speculative_sample(
                 logits_BTV, drafts_BK, jnp.full((rows,), k, jnp.int32), sampling.temperature_B,
                 sampling.top_k_B, sampling.top_p_B, keys_BT2.reshape(rows, k + 1, 2))
             return new.replace(lengths_B=cache.lengths_B), tokens_BT[:, 0] + acc_B

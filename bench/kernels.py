@@ -1,21 +1,21 @@
 """Pallas kernels against their XLA references on one GPU, in the same run.
 
     python bench/kernels.py --out results.json
-    python bench/kernels.py --sections spec_verify --batches 64 --positions 1,5 --reps 20
+    python bench/kernels.py --sections speculative_sampling --batches 64 --positions 1,5 --reps 20
 
-Section `spec_verify` (kernels/spec_verify.py): `verify_pallas` (Triton) against
-`verify_reference` (XLA), both under `jax.jit`, on bf16 logits [B, K, V] (V = 151936,
-Qwen2's vocabulary; random normal logits with standard deviation 3), temperature 1 and no
-top-k/top-p for every (B, K), plus a few lines with top-p 0.9, top-k 50 and greedy rows.
-Each line gives the median of `--reps` timed calls after `--warmup` calls, each call
-waited for with `block_until_ready`; the achieved bandwidth counts the logits' bytes read
-once; the fraction is of the HBM bandwidth measured in the same run (the larger of a jitted
-`x + 1` over `--bw-gib` GiB, reads plus writes, and a read-only sum); the match rate is the
-share of the B*K tokens on which the kernel and the reference agree on this GPU, and
-"ref dropped picks" counts the positions where the reference sampled a token that its own
-top-k/top-p dropped (see kernels/spec_verify.py), where the two differ by design. Inputs
-smaller than `_ROTATE_BYTES` are rotated among copies, so that repeated calls do not time
-the L2 cache.
+Section `speculative_sampling` (kernels/speculative_sampling): `speculative_sample_pallas`
+(Triton) against `speculative_sample_reference` (XLA), both under `jax.jit`, on bf16 logits
+[B, K, V] (V = 151936, Qwen2's vocabulary; random normal logits with standard deviation 3),
+temperature 1 and no top-k/top-p for every (B, K), plus a few lines with top-p 0.9, top-k
+50 and greedy rows. Each line gives the median of `--reps` timed calls after `--warmup`
+calls, each call waited for with `block_until_ready`; the achieved bandwidth counts the
+logits' bytes read once; the fraction is of the HBM bandwidth measured in the same run (the
+larger of a jitted `x + 1` over `--bw-gib` GiB, reads plus writes, and a read-only sum); the
+match rate is the share of the B*K tokens on which the kernel and the reference agree on
+this GPU, and "ref dropped picks" counts the positions where the reference sampled a token
+that its own top-k/top-p dropped, which +inf noise made possible before the 23-bit uniform
+of kernels/sampling.py (BENCHMARKS.md): there the two differ by design. Inputs smaller than
+`_ROTATE_BYTES` are rotated among copies, so that repeated calls do not time the L2 cache.
 
 Sections are functions `(args, hbm, emit) -> (rows, markdown)` in SECTIONS; `main` runs the ones
 named by `--sections`, prints each table and writes every row to `--out` as it finishes, so
@@ -48,7 +48,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kernels import spec_verify  # noqa: E402
+from kernels.speculative_sampling import (speculative_sample_pallas,  # noqa: E402
+                                         speculative_sample_reference)
 
 QWEN2_VOCAB = 151936
 _ROTATE_BYTES = 256 << 20  # several times the L2 of an H100 (50 MB) or H200 (60 MB)
@@ -72,14 +73,14 @@ def _csv(kind):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", type=_csv(str), default=["spec_verify"],
+    p.add_argument("--sections", type=_csv(str), default=["speculative_sampling"],
                    help=f"comma-separated, from {sorted(SECTIONS)}")
     p.add_argument("--out", default=None, help="JSON file for all rows and the run's metadata")
     p.add_argument("--reps", type=int, default=20, help="timed calls per measurement (median)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls after compiling")
     p.add_argument("--bw-gib", type=float, default=2.0, help="size of the bandwidth probe")
     p.add_argument("--seed", type=int, default=0)
-    # spec_verify
+    # speculative_sampling
     p.add_argument("--vocab", type=int, default=QWEN2_VOCAB)
     p.add_argument("--batches", type=_csv(int), default=[64, 256, 1024], help="rows B")
     p.add_argument("--positions", type=_csv(int), default=[1, 5, 17], help="K = drafts + 1")
@@ -125,7 +126,7 @@ def measure_hbm(gib: float, reps: int) -> dict:
     return res
 
 
-# ------------------------------------------------------------------------ spec_verify
+# --------------------------------------------------------------- speculative_sampling
 
 def verify_cases(args) -> list[dict]:
     """(B, K, settings) lines: the RL setting for every shape, then the filtered and greedy."""
@@ -158,18 +159,18 @@ def verify_inputs(case: dict, vocab: int, seed: int) -> list[tuple]:
 def bench_verify_case(case: dict, args, hbm: dict) -> list[dict]:
     inputs = verify_inputs(case, args.vocab, args.seed)
     logits_bytes = case["b"] * case["k"] * args.vocab * 2
-    reference = jax.jit(spec_verify.verify_reference)
+    reference = jax.jit(speculative_sample_reference)
     want = jax.device_get(reference(*inputs[0]))
     ref_us = 1e6 * statistics.median(time_calls(reference, inputs, args.reps, args.warmup))
     # Positions where the reference sampled a token that top-k/top-p dropped (its +inf-noise
-    # NaN, kernels/spec_verify.py): the kernel differs there by design.
+    # NaN, module docstring): the kernel differs there by design.
     dropped = int(np.sum(~np.isfinite(want[3])))
     rows = []
     for block_v in args.block_v:
         row = dict(case, vocab=args.vocab, block_v=block_v, reference_us=ref_us,
                    reference_dropped_picks=dropped)
         try:
-            kernel = jax.jit(lambda *a, bv=block_v: spec_verify.verify_pallas(
+            kernel = jax.jit(lambda *a, bv=block_v: speculative_sample_pallas(
                 *a, block_v=bv, interpret=jax.default_backend() == "cpu"))
             got = jax.device_get(kernel(*inputs[0]))
             us = 1e6 * statistics.median(time_calls(kernel, inputs, args.reps, args.warmup))
@@ -204,16 +205,16 @@ def verify_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def spec_verify_section(args, hbm: dict, emit) -> tuple[list[dict], str]:
+def speculative_sampling_section(args, hbm: dict, emit) -> tuple[list[dict], str]:
     rows = []
     for case in verify_cases(args):
         for row in bench_verify_case(case, args, hbm):
             rows.append(row)
-            emit("spec_verify", row)
+            emit("speculative_sampling", row)
     return rows, verify_table(rows)
 
 
-SECTIONS = {"spec_verify": spec_verify_section}
+SECTIONS = {"speculative_sampling": speculative_sampling_section}
 
 
 # ------------------------------------------------------------------------------- main

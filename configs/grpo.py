@@ -122,8 +122,8 @@ def get_config(arg=None):
     c.rollout.fit_cost_model = True  # time verification passes at start (DIR/cost_model.json)
     c.rollout.cost_base = 1.0  # else: pass cost = cost_base + cost_per_token * tokens
     c.rollout.cost_per_token = 0.002
-    c.rollout.verify_impl = "auto"  # auto | pallas | reference (kernels/spec_verify.py)
-    c.rollout.attention_impl = "reference"  # auto | pallas | reference (kernels/ragged_attention.py)
+    c.rollout.verify_impl = "auto"  # auto | pallas | reference (kernels/speculative_sampling)
+    c.rollout.attention_impl = "reference"  # auto | pallas | reference (kernels/ragged_attention)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 50

@@ -1,5 +1,5 @@
 """The position-keyed sampling rule in plain jnp: the one definition that the decode loop,
-speculative verification and the verification kernel all reproduce.
+speculative verification and the speculative-sampling kernels all reproduce.
 
 A position key is two uint32 words (the key data of `fold_in(fold_in(seed, uid), t)`). The
 Gumbel noise of vocabulary entry `i` at that position is a keyed integer hash of `i`:
@@ -11,9 +11,13 @@ Gumbel noise of vocabulary entry `i` at that position is a keyed integer hash of
 (23 bits, not 24: float32(2**24 - 0.5) rounds to 2**24, which would make u = 1 and g = +inf.)
 
 `mix32` is Wellons' lowbias32. Integer steps are exact on every backend, so a kernel gets
-the same noise as this reference; two hash rounds cost ~12 integer ops per entry where
-threefry costs ~120, which matters when verification samples `k+1` positions over a 152k
-vocabulary. The tests check the noise against the standard Gumbel law.
+the same noise as this reference. The hash is 19 uint32 operations per entry (8 per mix32:
+three xor-shifts of 2 and two multiplies; the index's multiply-add; the xor with key[1]),
+about 17 instructions where a multiply-add and a three-input xor are one each, as on NVIDIA
+GPUs (counted from the source, not from compiled code). JAX's default threefry2x32 costs
+~120 per 32-bit word (20 rounds of add, rotate, xor, and the key injections), which matters
+when verification samples `k+1` positions over a 152k vocabulary. The tests check the noise
+against the standard Gumbel law.
 
 Processing is temperature, then top-k, then top-p, as thresholds on the scaled logits
 (ties are kept), so a kernel may find the same thresholds by bisection instead of a sort.

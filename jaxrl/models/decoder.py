@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.kv_cache import KVCache
-from kernels.ragged_attention import IMPLS, attend_reference, ragged_attention
+from kernels.dispatch import IMPLS
+from kernels.ragged_attention import attend_reference, ragged_attention
 
 
 def _init(axes):
@@ -166,7 +167,7 @@ def _masks(tokens_BT, cache, attention_mask_BT, positions_BT, prefill):
 
 class Decoder(nn.Module):
     cfg: ModelConfig
-    # How a cached step attends to the cache (`kernels.ragged_attention.IMPLS`): "reference"
+    # How a cached step attends to the cache (`kernels.dispatch.IMPLS`): "reference"
     # masks all S_max slots; "pallas"/"auto" read only each row's valid slots.
     attention_impl: str = "reference"
 

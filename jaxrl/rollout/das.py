@@ -22,7 +22,7 @@ from jaxrl.models.decoder import Decoder
 from jaxrl.rollout import drafter, policy, speculative
 from jaxrl.rollout.decode import Rollout
 from jaxrl.rollout.sampling import SamplingParams
-from kernels.ragged_attention import IMPLS  # TODO(merge): kernels.dispatch
+from kernels.dispatch import IMPLS
 
 MAX_HISTORY_SLOTS = 4096  # prompts kept when config.rollout.history_slots = 0
 

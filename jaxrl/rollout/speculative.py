@@ -32,7 +32,7 @@ from jaxrl.models.kv_cache import init_cache
 from jaxrl.rollout import drafter, policy
 from jaxrl.rollout.decode import Rollout, _validate
 from jaxrl.rollout.sampling import SamplingParams, position_keys, sample
-from kernels import spec_verify
+from kernels.speculative_sampling import speculative_sample
 
 if TYPE_CHECKING:  # das.py imports this module
     from jaxrl.rollout.das import RolloutConfig
@@ -128,7 +128,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         keys_RT2 = position_keys(base_key, jnp.repeat(uids_B[rows_R], k + 1),
                                  t_RT.reshape(-1)).reshape(r, k + 1, 2)
         s = sampling.take(rows_R)
-        tokens_RT, accepted_R, lp_RT, slp_RT = spec_verify.verify(
+        tokens_RT, accepted_R, lp_RT, slp_RT = speculative_sample(
             logits_RTV, drafts_RK, jnp.minimum(d.num_B, k), s.temperature_B, s.top_k_B,
             s.top_p_B, keys_RT2, impl=spec.verify_impl)
         pad = lambda x: jnp.pad(x, ((0, 0), (0, kmax - k)))  # noqa: E731

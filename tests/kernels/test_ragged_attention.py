@@ -108,6 +108,27 @@ def test_impl_choice():
         Decoder(cfg, attention_impl="flash").init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
 
 
+def test_pallas_raises_where_the_kernel_does_not_apply(monkeypatch):
+    """A head_dim Triton does not take (8): impl="pallas" raises, naming it, and never
+    returns the reference's result; on a GPU (faked: nothing here lowers) "auto" takes the
+    reference there, and the Mosaic kernel raises."""
+    args = make_inputs(1, 2, 8, jnp.float32)
+    error = "Triton needs block_s and head_dim powers of two >= 16; got block_s=64, head_dim=8"
+    with pytest.raises(ValueError, match=error):
+        ragged_attention(*args, impl="pallas")
+    with pytest.raises(ValueError, match="got block_s=24, head_dim=16"):
+        ragged_attention_pallas(*make_inputs(1, 2, 16, jnp.float32), backend="triton", block_s=24)
+    with pytest.raises(ValueError, match="4 query heads do not split evenly over 3 kv heads"):
+        ragged_attention_pallas(*make_inputs(1, 3, 16, jnp.float32))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    np.testing.assert_array_equal(ragged_attention(*args, impl="auto"),
+                                  ragged_attention_reference(*args))
+    with pytest.raises(ValueError, match=error):
+        ragged_attention(*args, impl="pallas")
+    with pytest.raises(ValueError, match="mosaic backend lowers for tpu .*not for gpu"):
+        ragged_attention_pallas(*make_inputs(1, 2, 16, jnp.float32), backend="mosaic")
+
+
 def test_decoder_cached_steps_match_with_the_kernel():
     """Prefill left-padded, ragged prompts, then decode single tokens and a k+1 = 3 token
     verification step: the logits must not depend on the attention implementation."""

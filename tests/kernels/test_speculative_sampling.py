@@ -1,6 +1,6 @@
-"""The speculative-verification kernels, Triton and Mosaic (interpret mode), against
-`verify_reference`, which is `kernels.sampling.sample_reference` per position; the noise
-bound; their CUDA and TPU lowering."""
+"""The speculative-sampling kernels, Triton and Mosaic (interpret mode), against
+`speculative_sample_reference`, which is `kernels.sampling.sample_reference` per position;
+the noise bound; the `impl` switch; their CUDA and TPU lowering."""
 import functools
 
 import jax
@@ -10,9 +10,11 @@ import pytest
 from jax import export
 from jax.sharding import AbstractDevice, AbstractMesh, AxisType
 
-from kernels import spec_verify
 from kernels.sampling import gumbel_from_index, position_hash
-from kernels.spec_verify import BACKENDS, verify, verify_pallas, verify_reference
+from kernels.speculative_sampling import (BACKENDS, speculative_sample,
+                                          speculative_sample_pallas,
+                                          speculative_sample_reference)
+from kernels.speculative_sampling.common import gumbel_upper_bound
 
 # Five rows that mix every setting: greedy, temperatures 0.7 and 1, top-k 5, top-p 0.8.
 TEMPERATURE = np.array([0.0, 0.7, 1.0, 1.0, 0.7], np.float32)
@@ -54,7 +56,7 @@ def drafts_from(tokens_BK):
 @functools.cache
 def pallas(backend="triton", num_splits=None, block_v=256):
     """block_v=256 tiles a 1000-entry vocabulary in 4 blocks, the last one partial."""
-    return jax.jit(functools.partial(verify_pallas, interpret=True, backend=backend,
+    return jax.jit(functools.partial(speculative_sample_pallas, interpret=True, backend=backend,
                                      block_v=block_v, num_splits=num_splits))
 
 
@@ -78,12 +80,12 @@ def assert_matches(got, want):
 def test_kernel_matches_reference(backend, b, k, v, dtype, num_splits, ties):
     logits, keys = make_logits(b, k, v, dtype, seed=v + b, ties=ties), make_keys(b, k, v)
     temperature, top_k, top_p = settings(b)
-    tokens = jax.jit(verify_reference)(logits, jnp.zeros((b, k - 1), jnp.int32),
+    tokens = jax.jit(speculative_sample_reference)(logits, jnp.zeros((b, k - 1), jnp.int32),
                                        jnp.zeros((b,), jnp.int32), temperature, top_k, top_p,
                                        keys)[0]
     drafts, num_drafts = drafts_from(tokens)
     args = (logits, drafts, num_drafts, temperature, top_k, top_p, keys)
-    want = jax.jit(verify_reference)(*args)
+    want = jax.jit(speculative_sample_reference)(*args)
     got = pallas(backend, num_splits if backend == "triton" else None)(*args)
     assert_matches(got, want)
     if b == 5 and k == 4:  # the drafts exercise every acceptance case
@@ -94,7 +96,7 @@ def test_a_perturbed_draft_changes_acceptance():
     b, k, v = 5, 4, 1000
     logits, keys = make_logits(b, k, v, jnp.float32, seed=3), make_keys(b, k, 3)
     temperature, top_k, top_p = settings(b)
-    tokens = jax.jit(verify_reference)(logits, jnp.zeros((b, k - 1), jnp.int32),
+    tokens = jax.jit(speculative_sample_reference)(logits, jnp.zeros((b, k - 1), jnp.int32),
                                        jnp.zeros((b,), jnp.int32), temperature, top_k, top_p,
                                        keys)[0]
     drafts = jnp.asarray(tokens[:, :k - 1])
@@ -118,7 +120,7 @@ def test_top_p_and_top_k_edges(backend):
     args = (logits, jnp.zeros((b, k - 1), jnp.int32), jnp.zeros((b,), jnp.int32), temperature,
             top_k, top_p, keys)
     assert_matches(pallas(backend, 1 if backend == "triton" else None)(*args),
-                   jax.jit(verify_reference)(*args))
+                   jax.jit(speculative_sample_reference)(*args))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -135,7 +137,7 @@ def test_extreme_noise_token_is_matched(backend):
             jnp.ones((1,), jnp.float32), jnp.zeros((1,), jnp.int32), jnp.ones((1,), jnp.float32),
             keys)
     assert_matches(pallas(backend, 1 if backend == "triton" else None)(*args),
-                   jax.jit(verify_reference)(*args))
+                   jax.jit(speculative_sample_reference)(*args))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -149,42 +151,71 @@ def test_greedy_ties_take_the_lowest_index_across_splits(backend):
             make_keys(2, 1, 0))
     got = pallas(backend, 4 if backend == "triton" else None)(*args)
     np.testing.assert_array_equal(got[0][:, 0], [100, 300])
-    assert_matches(got, jax.jit(verify_reference)(*args))
+    assert_matches(got, jax.jit(speculative_sample_reference)(*args))
 
 
 def test_noise_bound_holds_and_is_tight():
     index = jnp.arange(1 << 22, dtype=jnp.uint32)
     key0, key1 = jnp.uint32(0x1234567), jnp.uint32(0x89ABCDE)
     noise = gumbel_from_index(index, key0, key1)
-    bound = spec_verify._gumbel_upper_bound(position_hash(index, key0, key1))
+    bound = gumbel_upper_bound(position_hash(index, key0, key1))
     assert bool(jnp.all(bound >= noise))
     # Tight where it matters: large noise (u near 1), which is what can win.
     large = noise > 5.0
     assert float(jnp.max(jnp.where(large, bound - noise, 0.0))) < 0.07
 
 
-def test_dispatch():
-    b, k, v = 5, 2, 64
-    logits, keys = make_logits(b, k, v, jnp.float32, seed=2), make_keys(b, k, 2)
-    temperature, top_k, top_p = settings(b)
-    args = (logits, jnp.zeros((b, k - 1), jnp.int32), jnp.ones((b,), jnp.int32), temperature,
-            top_k, top_p, keys)
-    want = verify_reference(*args)
-    assert_matches(verify(*args, impl="auto"), want)  # CPU: the reference
-    assert_matches(verify(*args, impl="pallas"), want)  # CPU: interpret mode
+def small_args(dtype=jnp.float32, v=64):
+    b, k = 5, 2
+    logits, keys = make_logits(b, k, v, dtype, seed=2), make_keys(b, k, 2)
+    return (logits, jnp.zeros((b, k - 1), jnp.int32), jnp.ones((b,), jnp.int32),
+            *settings(b), keys)
+
+
+def test_impl_switch():
+    args = small_args()
+    want = speculative_sample_reference(*args)
+    assert_matches(speculative_sample(*args, impl="auto"), want)  # CPU: the reference
+    assert_matches(speculative_sample(*args, impl="pallas"), want)  # CPU: interpret mode
     with pytest.raises(ValueError, match="valid: .*auto.*pallas.*reference"):
-        verify(*args, impl="triton")
-    # Logits the kernel does not take (integers; float16 for Mosaic) fall back to the reference.
-    int_args = (jnp.round(logits).astype(jnp.int32),) + args[1:]
-    assert_matches(verify_pallas(*int_args), verify_reference(*int_args))
-    f16_args = (logits.astype(jnp.float16),) + args[1:]
-    assert_matches(verify_pallas(*f16_args, backend="mosaic"), verify_reference(*f16_args))
+        speculative_sample(*args, impl="triton")
     for kwargs, error in [({"backend": "cuda"}, "valid: .*triton.*mosaic"),
                           ({"backend": "mosaic", "block_v": 200}, "multiple of 128"),
                           ({"backend": "mosaic", "num_splits": 2}, "only the Triton kernel"),
                           ({"backend": "triton", "block_v": 384}, "power of two")]:
         with pytest.raises(ValueError, match=error):
-            verify_pallas(*args, **kwargs)
+            speculative_sample_pallas(*args, **kwargs)
+
+
+@pytest.mark.parametrize("backend,dtype,takes", [
+    ("triton", jnp.int32, "float32, bfloat16, float16"),
+    ("mosaic", jnp.float16, "float32, bfloat16"),
+])
+def test_pallas_raises_for_logits_the_kernels_do_not_take(backend, dtype, takes):
+    """Never the reference's result in the kernel's name: a ValueError with the dtype and
+    what the backend takes, from the kernel and from impl="pallas" (on CPU: Triton)."""
+    args = small_args(dtype)
+    error = f"logits of dtype {jnp.dtype(dtype).name}: the {backend} kernels take {takes}$"
+    with pytest.raises(ValueError, match=error):
+        speculative_sample_pallas(*args, backend=backend)
+    if backend == "triton":
+        with pytest.raises(ValueError, match=error):
+            speculative_sample(*args, impl="pallas")
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        speculative_sample_pallas(*small_args(v=0), backend=backend)
+
+
+def test_on_gpu_auto_takes_the_reference_only_where_the_kernel_does_not_apply(monkeypatch):
+    """On a GPU, "auto" runs the reference for logits no kernel takes, where "pallas" raises;
+    and the Mosaic kernels raise on a GPU. The platform is faked: nothing here lowers."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    int_args = small_args(jnp.int32)
+    assert_matches(speculative_sample(*int_args, impl="auto"),
+                   speculative_sample_reference(*int_args))
+    with pytest.raises(ValueError, match="dtype int32: the triton kernels take"):
+        speculative_sample(*int_args, impl="pallas")
+    with pytest.raises(ValueError, match="mosaic backend lowers for tpu .*not for gpu"):
+        speculative_sample_pallas(*small_args(), backend="mosaic")
 
 
 def export_shapes(dtype, b=4, k=5, v=151936):
@@ -200,11 +231,11 @@ def test_triton_kernel_lowers_for_cuda():
     h100 = AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="cuda")
     with jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), (AxisType.Explicit,),
                                                      abstract_device=h100)):
-        exported = export.export(jax.jit(verify_pallas), platforms=("cuda",), disabled_checks=[
+        exported = export.export(jax.jit(speculative_sample_pallas), platforms=("cuda",), disabled_checks=[
             export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*shapes)
     module = exported.mlir_module()
     # The sampling pass and the two counting passes (with and without mass).
-    for name in ("spec_verify_sample", "spec_verify_count"):
+    for name in ("speculative_sample_pass", "speculative_count_pass"):
         assert name in module
 
 
@@ -212,9 +243,9 @@ def test_triton_kernel_lowers_for_cuda():
 def test_mosaic_kernel_lowers_for_tpu(dtype):
     """Pallas's Mosaic lowering of both kernels (20 rows: 2 bfloat16 / 3 float32 row blocks,
     the last partial). Mosaic's own compiler runs only on a TPU host, so this is not that."""
-    fn = jax.jit(functools.partial(verify_pallas, backend="mosaic"))
+    fn = jax.jit(functools.partial(speculative_sample_pallas, backend="mosaic"))
     module = export.export(fn, platforms=("tpu",))(*export_shapes(dtype)).mlir_module()
     # The sampling pass and three counting passes (top-k; top-p's total and its bisection).
     assert module.count("tpu_custom_call") == 4
-    for name in ("spec_verify_sample", "spec_verify_count"):
+    for name in ("speculative_sample_pass", "speculative_count_pass"):
         assert f'kernel_name = "{name}"' in module
