@@ -1,22 +1,17 @@
-"""TFDS builders for training data: the embedded tasks, and user JSONL of math problems.
+"""The TFDS builder for user JSONL of math problems (the embedded tasks are generated in
+memory, tasks/batches.py: their data position is the step, so they need no dataset).
 
-Both write array_record files and are read back with `tfds.data_source`, so neither
-needs TensorFlow; they need `tensorflow-datasets` and `array-record` (the "test" extra).
-Nothing in jaxrl imports this module on its own: import it where data is read, so
-that runs on generated prompts, and the GPU benchmarks, need no TFDS.
-
-    from jaxrl.tasks import tfds_builders as tb
-    tb.prepare_embedded("/data/tfds", "countdown", 2)
-    src = tb.load_source("embedded_tasks/countdown-d2", "/data/tfds", "train")
-    src[0]  # {'prompt': '24:3,4,6,8\\n', 'solution': ..., 'answer': '24', 'target': array}
+It writes array_record files, read back with `tfds.data_source`, so it needs no
+TensorFlow; it needs `tensorflow-datasets` and `array-record`. Nothing in jaxrl imports
+this module on its own: import it where JSONL is read, so that runs on generated prompts,
+and the GPU benchmarks, need no TFDS.
 
     builder = tb.prepare_jsonl("/data/tfds", manual_dir="/data/gsm8k", name="gsm8k")
     builder.dataset_name  # 'jsonl_math/gsm8k-<hash of the files>': new files, new dataset
     src = tb.load_source(builder.dataset_name, "/data/tfds", "test")
     src[0]  # {'prompt': 'Janet’s ducks lay ...', 'answer': '18'}
 
-Records keep their order: example i of an embedded split is the i-th generated
-problem, and JSONL rows keep the order of the file (minus skipped rows).
+Records keep their order: JSONL rows keep the order of the file (minus skipped rows).
 """
 from __future__ import annotations
 
@@ -27,118 +22,15 @@ import json
 import operator
 from typing import Any, Iterator
 
-import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
 from jaxrl.tasks import math_checker
-from jaxrl.tasks.base import DEFAULT_DIFFICULTY
-from jaxrl.tasks.registry import TASKS, get_task
 
 FILE_FORMAT = "array_record"  # random access, and written without TensorFlow
-EMBEDDED_SPLITS = ("train", "test")  # the index of each seeds its generator
-DEFAULT_TRAIN_SIZE = 100_000
-DEFAULT_TEST_SIZE = 1_000
 JSONL_SPLITS = ("train", "test")
 ON_ERROR = ("skip", "raise")
 PROMPT_KEYS = ("problem", "question")  # the first one present is the prompt
-
-
-# ---- The embedded tasks ----
-
-@dataclasses.dataclass(eq=False)
-class EmbeddedTasksConfig(tfds.core.BuilderConfig):
-    """One task at one difficulty, with split sizes and a seed. Make these with
-    `embedded_config`, whose names keep different settings in different directories."""
-
-    task: str = "arithmetic"
-    difficulty: int = DEFAULT_DIFFICULTY
-    max_steps: int | None = None
-    train_size: int = DEFAULT_TRAIN_SIZE
-    test_size: int = DEFAULT_TEST_SIZE
-    seed: int = 0
-
-
-def embedded_config(task: str, difficulty: int = DEFAULT_DIFFICULTY, *,
-                    max_steps: int | None = None, train_size: int = DEFAULT_TRAIN_SIZE,
-                    test_size: int = DEFAULT_TEST_SIZE, seed: int = 0) -> EmbeddedTasksConfig:
-    """The config named `{task}-d{difficulty}`, followed by every setting that is not the
-    default (`-steps12-train500-test50-seed3`), so no two settings share a name."""
-    get_task(task, difficulty, max_steps)  # validates the task, difficulty and max_steps
-    for what, size in (("train_size", train_size), ("test_size", test_size)):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"{what} must be an int >= 0, got {size!r}")
-    if train_size == test_size == 0:
-        raise ValueError("train_size and test_size are both 0: nothing to write")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    name = f"{task}-d{difficulty}"
-    if max_steps is not None:
-        name += f"-steps{max_steps}"
-    if train_size != DEFAULT_TRAIN_SIZE:
-        name += f"-train{train_size}"
-    if test_size != DEFAULT_TEST_SIZE:
-        name += f"-test{test_size}"
-    if seed != 0:
-        name += f"-seed{seed}"
-    return EmbeddedTasksConfig(
-        name=name, task=task, difficulty=difficulty, max_steps=max_steps,
-        train_size=train_size, test_size=test_size, seed=seed,
-        description=f"{task} at difficulty {difficulty}: {train_size} train and "
-                    f"{test_size} test problems from seed {seed}")
-
-
-def split_rng(seed: int, split: str) -> np.random.Generator:
-    """The generator of a split: `default_rng([seed, index of split in EMBEDDED_SPLITS])`,
-    so train and test are independent streams (on small levels they share problems)."""
-    return np.random.default_rng([seed, EMBEDDED_SPLITS.index(split)])
-
-
-class EmbeddedTasks(tfds.core.GeneratorBasedBuilder):
-    """Problems from jaxrl's embedded generators (see jaxrl/tasks), one config per task
-    and difficulty. Example i of a split is the i-th `task.sample(split_rng(seed, split))`.
-    """
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version."}
-    BUILDER_CONFIGS = [embedded_config(name, d)
-                       for name in sorted(TASKS) for d in range(len(TASKS[name].LEVELS))]
-
-    def __init__(self, *, file_format: str = FILE_FORMAT, **kwargs: Any):
-        super().__init__(file_format=file_format, **kwargs)
-
-    @property
-    def task(self):
-        c = self.builder_config
-        return get_task(c.task, c.difficulty, c.max_steps)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=self.builder_config.description,
-            features=tfds.features.FeaturesDict({
-                "prompt": tfds.features.Text(),
-                "solution": tfds.features.Text(),
-                "answer": tfds.features.Text(),
-                # task.target, TARGET_PAD-padded: what the JAX checker reads
-                "target": tfds.features.Tensor(shape=(self.task.target_len,), dtype=np.int32),
-            }),
-            disable_shuffling=True,  # example i is the i-th problem generated
-        )
-
-    def _split_generators(self, dl_manager):
-        c = self.builder_config
-        sizes = {"train": c.train_size, "test": c.test_size}
-        # TFDS cannot write an empty split, so a size of 0 leaves the split out.
-        return {split: self._generate_examples(split, sizes[split])
-                for split in EMBEDDED_SPLITS if sizes[split]}
-
-    def _generate_examples(self, split: str, size: int):
-        task, rng = self.task, split_rng(self.builder_config.seed, split)
-        for i in range(size):
-            p = task.sample(rng)
-            yield i, {"prompt": p.prompt, "solution": p.solution, "answer": p.answer,
-                      "target": np.asarray(p.target, np.int32)}
 
 
 # ---- User JSONL of math problems ----
@@ -333,18 +225,6 @@ class JsonlMath(tfds.core.GeneratorBasedBuilder):
 
 # ---- Preparing and reading ----
 
-def prepare_embedded(data_dir, task: str, difficulty: int = DEFAULT_DIFFICULTY,
-                     **settings: Any) -> EmbeddedTasks:
-    """Writes (once) the embedded dataset for `embedded_config(task, difficulty,
-    **settings)` under data_dir; load it as `embedded_tasks/<builder_config.name>`."""
-    config = embedded_config(task, difficulty, **settings)
-    # TFDS refuses a config object that shares its name with one of BUILDER_CONFIGS.
-    predefined = config.name in EmbeddedTasks.builder_configs
-    builder = EmbeddedTasks(config=config.name if predefined else config, data_dir=data_dir)
-    builder.download_and_prepare()
-    return builder
-
-
 def prepare_jsonl(data_dir, manual_dir, name: str = "default",
                   on_error: str = "skip") -> JsonlMath:
     """Writes (once per content) the dataset `jsonl_math/<jsonl_config(manual_dir, name)
@@ -389,11 +269,11 @@ class Source(collections.abc.Sequence):
 
 def load_source(name: str, data_dir, split: str = "train") -> Source:
     """The split `split` (`train`, `test`, or a TFDS slice like `train[:100]`) of the
-    prepared dataset `name` (`embedded_tasks/countdown-d2`, `jsonl_math/gsm8k`) under
+    prepared dataset `name` (`jsonl_math/gsm8k-<hash>`) under
     data_dir, read without TensorFlow. This is `tfds.data_source(..., download=False)`
     with errors that say what to do."""
     not_prepared = (f"{name!r} is not prepared under {data_dir}; write it first with "
-                    f"prepare_embedded or prepare_jsonl")
+                    f"prepare_jsonl")
     try:
         builder = tfds.builder(name, data_dir=str(data_dir))
     except ValueError as e:  # an unknown name or config (DatasetNotFoundError is one)

@@ -82,7 +82,7 @@ def test_fused_and_split_steps_agree():
 
 def test_grpo_learns_a_bandit_and_sampler_matches_trainer():
     step = make(FirstTokenReward(), False)
-    state, first = new_state(), None
+    state = new_state()
     rewards = []
     for _ in range(25):
         state, m = step(state, *prompts())

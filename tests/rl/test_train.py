@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import ROOT, config_dict, train_config
+from configs import config_dict, train_config
 from jaxrl import checkpoint, sharding
 from jaxrl.jobs import train
 from jaxrl.models import loader

@@ -1,93 +1,22 @@
-"""The TFDS builders: datasets written to array_record and read back with a data source,
-checked against what made them (the task generators, the JSONL rows), with no TensorFlow.
+"""The TFDS builder: JSONL datasets written to array_record and read back with a data
+source, checked against the rows that made them, with no TensorFlow.
 """
 import hashlib
 import json
 import logging
 import sys
 
-import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow_datasets")
 
-from jaxrl.tasks import TASKS, get_task, math_checker  # noqa: E402
+from jaxrl.tasks import math_checker  # noqa: E402
 from jaxrl.tasks import tfds_builders as tb  # noqa: E402
 
 
 def read_all(name, data_dir, split):
     source = tb.load_source(name, data_dir, split)
     return [source[i] for i in range(len(source))]
-
-
-# ---- Embedded tasks ----
-
-
-@pytest.mark.parametrize("task_name", sorted(TASKS))
-def test_embedded_split_is_the_generator_stream(tmp_path, task_name):
-    builder = tb.prepare_embedded(tmp_path, task_name, 2, train_size=6, test_size=3, seed=5)
-    name = f"embedded_tasks/{builder.builder_config.name}"
-    assert name == f"embedded_tasks/{task_name}-d2-train6-test3-seed5"
-    assert builder.info.file_format.value == "array_record"
-    task = get_task(task_name, 2)
-    for split, size, stream in (("train", 6, 0), ("test", 3, 1)):
-        rng = np.random.default_rng([5, stream])  # the documented seeding
-        expected = [task.sample(rng) for _ in range(size)]
-        got = read_all(name, tmp_path, split)
-        assert len(got) == size
-        for p, example in zip(expected, got):
-            assert example["prompt"] == p.prompt
-            assert example["solution"] == p.solution
-            assert example["answer"] == p.answer
-            assert example["target"].dtype == np.int32
-            assert example["target"].shape == (task.target_len,)
-            assert tuple(example["target"].tolist()) == p.target
-            assert task.check(p, example["solution"])
-    # The splits are different streams.
-    assert read_all(name, tmp_path, "train")[0]["prompt"] != read_all(name, tmp_path, "test")[0][
-        "prompt"]
-
-
-def test_embedded_settings_get_their_own_directory(tmp_path):
-    a = tb.prepare_embedded(tmp_path, "sort", 1, train_size=4, test_size=0)
-    b = tb.prepare_embedded(tmp_path, "sort", 1, train_size=4, test_size=0, seed=1)
-    c = tb.prepare_embedded(tmp_path, "sort", 1, train_size=4, test_size=0, max_steps=3)
-    names = [x.builder_config.name for x in (a, b, c)]
-    assert names == ["sort-d1-train4-test0", "sort-d1-train4-test0-seed1",
-                     "sort-d1-steps3-train4-test0"]
-    prompts = [[ex["prompt"] for ex in read_all(f"embedded_tasks/{n}", tmp_path, "train")]
-               for n in names]
-    assert prompts[0] != prompts[1]
-    assert all(len(p) <= get_task("sort", 1, 3).max_prompt_len for p in prompts[2])
-    with pytest.raises(ValueError, match="Unknown split 'test'"):  # size 0: left out
-        tb.load_source(f"embedded_tasks/{names[0]}", tmp_path, "test")
-
-
-def test_prepare_uses_the_predefined_config_of_that_name(tmp_path, monkeypatch):
-    # Default settings name a predefined config, which TFDS wants by name, not as a copy.
-    # (Writing it would take 100k problems; the construction is what is under test.)
-    monkeypatch.setattr(tb.EmbeddedTasks, "download_and_prepare", lambda self: None)
-    builder = tb.prepare_embedded(tmp_path, "sort", 0)
-    assert builder.builder_config is tb.EmbeddedTasks.builder_configs["sort-d0"]
-    assert (builder.builder_config.train_size, builder.builder_config.test_size) == (
-        tb.DEFAULT_TRAIN_SIZE, tb.DEFAULT_TEST_SIZE)
-
-
-def test_embedded_configs_and_errors():
-    names = [c.name for c in tb.EmbeddedTasks.BUILDER_CONFIGS]
-    assert len(names) == len(set(names))
-    assert {"arithmetic-d0", "countdown-d3", "sort-d1"} <= set(names)
-    assert tb.embedded_config("countdown").name == "countdown-d1"
-    with pytest.raises(ValueError, match="unknown task 'nope'"):
-        tb.embedded_config("nope")
-    with pytest.raises(ValueError, match=r"difficulty must be one of .*got 9"):
-        tb.embedded_config("sort", 9)
-    with pytest.raises(ValueError, match="train_size must be an int >= 0, got -1"):
-        tb.embedded_config("sort", train_size=-1)
-    with pytest.raises(ValueError, match="both 0: nothing to write"):
-        tb.embedded_config("sort", train_size=0, test_size=0)
-    with pytest.raises(ValueError, match="seed must be an int >= 0, got 1.5"):
-        tb.embedded_config("sort", seed=1.5)
 
 
 # ---- User JSONL ----
@@ -245,7 +174,7 @@ def test_source_indexing_and_errors(tmp_path):
     assert len(tb.load_source(name, tmp_path, "train[1:]")) == 2
     with pytest.raises(ValueError, match=r"Unknown split 'test'. Should be one of \['train'\]"):
         tb.load_source(name, tmp_path, "test")
-    for name in ("embedded_tasks/sort-d1", "embedded_tasks/sort-d1-train5", "no_such_dataset"):
+    for name in ("jsonl_math/other-0123456789ab", "no_such_dataset"):
         with pytest.raises(FileNotFoundError, match="is not prepared under"):
             tb.load_source(name, tmp_path, "train")
 
