@@ -22,7 +22,8 @@ PointJudge = Callable[[np.ndarray], np.ndarray]  # cands_PR int (-1 = empty) -> 
 class Choice:
     chosen_P: np.ndarray  # int64
     calls_P: np.ndarray  # int64 judge calls used
-    top_count_P: np.ndarray  # int64 candidates sharing the winning score (1 = no tie)
+    top_count_P: np.ndarray  # int64 how many share the winning score (1 = no tie); for
+    # majority vote, the answers tied for most frequent (0 = no answer parsed)
 
 
 def _point_ratings(judge: PointJudge, cands_PR: np.ndarray) -> np.ndarray:
@@ -104,7 +105,8 @@ def majority_vote(answers_PN: Sequence[Sequence], seed: int) -> Choice:
     chosen_P, _ = argmax_random_ties(counts_PN, np.random.default_rng(seed))
     # The tie that matters is between answers, not candidates: count the distinct ones.
     best_PN = counts_PN == counts_PN.max(-1, keepdims=True)
-    answers_tied_P = np.array([len(set(ids[best])) for ids, best in zip(ids_PN, best_PN)])
+    answers_tied_P = np.array([len(set(ids[best & (ids >= 0)]))
+                               for ids, best in zip(ids_PN, best_PN)])
     p = len(ids_PN)
     return Choice(chosen_P, np.zeros(p, np.int64), answers_tied_P)
 
