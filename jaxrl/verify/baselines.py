@@ -50,7 +50,9 @@ def random_pairing(judge: PairJudge, num_problems: int, num_candidates: int, bud
     """The paper's ablation: rounds of random disjoint pairs at the same budget, scored as
     the Swiss tournament scores them."""
     tournament.validate(num_problems, num_candidates, budget, tau)
-    pick = lambda st, r, limit_P, rng: tournament.random_pairs(num_candidates, limit_P, rng)  # noqa: E731
+    def pick(st, r, limit_P, rng):
+        return tournament.random_pairs(num_candidates, limit_P, rng)
+
     return tournament.play(judge, num_problems, num_candidates, budget,
                            np.random.default_rng(seed), pick, tau)
 

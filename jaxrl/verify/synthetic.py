@@ -3,8 +3,9 @@
 The world: candidate i of problem p has a latent quality q ~ Uniform(0, 1) (`quality_PN`)
 and is correct when q >= 1 - `correct_rate`, so a candidate is correct with probability
 `correct_rate`. Correct candidates share the right answer; wrong ones draw one of a few
-wrong answers (`answers_PN`), the commonest of which is often more frequent than the right
-one, so majority voting has a real failure mode.
+wrong answers (`answers_PN`) with shares 0.4 / 0.35 / 0.25 of the wrong ones: at a correct
+rate of 0.3 the commonest wrong answer (0.28) nearly ties the right one, a hard problem on
+which majority voting is close to a coin flip between them.
 
 Both judges read solutions the same way: every reading of a solution in a call perceives
 s = q + sigma z, z standard normal, fresh per reading (the matched noise). They differ in
@@ -29,7 +30,7 @@ import numpy as np
 
 POINTWISE_SPREAD = 4.0  # rating points between the worst and the best perceived solution
 TIE_GAP = 1.0 / 18.0  # pairwise ratings tie when the perceived gap rounds to 0 on 9 points
-WRONG_ANSWER_SHARES = (0.55, 0.3, 0.15)  # how the wrong candidates split over wrong answers
+WRONG_ANSWER_SHARES = (0.4, 0.35, 0.25)  # how the wrong candidates split over wrong answers
 
 
 @dataclasses.dataclass(frozen=True)

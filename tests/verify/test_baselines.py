@@ -18,7 +18,8 @@ def quality_pair_judge(quality_PN):
 
     def judge(pairs_PR2):
         rows = np.arange(len(pairs_PR2))[:, None]
-        a_wins = q[rows, np.maximum(pairs_PR2[..., 0], 0)] > q[rows, np.maximum(pairs_PR2[..., 1], 0)]
+        a, b = np.maximum(pairs_PR2[..., 0], 0), np.maximum(pairs_PR2[..., 1], 0)
+        a_wins = q[rows, a] > q[rows, b]
         return np.stack([np.where(a_wins, 10.0, 1.0), np.where(a_wins, 1.0, 10.0)], -1)
     return judge
 
@@ -114,3 +115,14 @@ def test_pointwise_judge_saturates():
     judge = synthetic.NoisyPointJudge(world.quality_PN, 0.35, np.random.default_rng(1))
     c = baselines.pointwise(judge, 500, 16, 16, 0)
     assert metrics.tie_rate(c.top_count_P) > 0.9
+
+
+def test_metrics_by_hand():
+    correct = np.array([[True, False], [False, False], [False, True], [True, True]])
+    q, se = metrics.pick_rate(correct, np.array([0, 1, 0, 1]))
+    assert q == 0.5 and se == np.sqrt(0.25 / 4)  # 2 of 4 hits; both exact in binary
+    assert metrics.total_calls(16, np.array([48, 47])) == 63.5
+    assert metrics.first_shown_win_rate(3, 4) == 0.75
+    assert np.isnan(metrics.first_shown_win_rate(0, 0))
+    with pytest.raises(ValueError, match=r"chosen_P has shape \(3,\)"):
+        metrics.pick_rate(correct, np.array([0, 1, 0]))
