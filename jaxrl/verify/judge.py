@@ -20,7 +20,8 @@ Two rating modes:
   CharTokenizer and digit-splitting BPEs such as Qwen's), one more cached step after the
   "1" token gives P("0" | "1"): rating 10 gets P("1") P("0" | "1") and rating 1 gets
   P("1") (1 - P("0" | "1")). Masses are renormalized over the ten ratings, so probability
-  on other tokens does not bias the mean.
+  on other tokens does not bias the mean. Cost: two prompts (one per slot) per call, each
+  a prefill and one cached step; no sampling, no parsing.
 """
 from __future__ import annotations
 
@@ -253,8 +254,14 @@ class ModelJudge:
         self.stats.unparseable += sum(r is None for r in parsed)
         return np.asarray([UNPARSED_PAIR if r is None else r for r in parsed], np.float64)
 
+    def _check_rows(self, slots: np.ndarray, what: str) -> None:
+        if slots.shape[0] != len(self.problems):
+            raise ValueError(f"{what} has {slots.shape[0]} rows; this judge holds "
+                             f"{len(self.problems)} problems")
+
     def __call__(self, pairs_PR2: np.ndarray) -> np.ndarray:
         pairs_PR2 = np.asarray(pairs_PR2)
+        self._check_rows(pairs_PR2, "pairs_PR2")
         ratings_PR2 = np.full(pairs_PR2.shape, np.nan)
         p_C, r_C = np.nonzero(pairs_PR2[..., 0] >= 0)
         if not len(p_C):
@@ -270,6 +277,7 @@ class ModelJudge:
 
     def pointwise(self, cands_PR: np.ndarray) -> np.ndarray:
         cands_PR = np.asarray(cands_PR)
+        self._check_rows(cands_PR, "cands_PR")
         ratings_PR = np.full(cands_PR.shape, np.nan)
         p_C, r_C = np.nonzero(cands_PR >= 0)
         if not len(p_C):

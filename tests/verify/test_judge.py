@@ -200,3 +200,5 @@ def test_model_judge_bad_arguments(tiny):
         judge.ModelJudge(model, params, TOK, PROBLEMS, CANDIDATES, mode="sample")
     with pytest.raises(ValueError, match="2 problems but 1 candidate lists"):
         judge.ModelJudge(model, params, TOK, PROBLEMS, CANDIDATES[:1])
+    with pytest.raises(ValueError, match="pairs_PR2 has 3 rows; this judge holds 2 problems"):
+        _judge(tiny, "logits")(np.zeros((3, 2, 2), np.int64))
