@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import re
 import sys
 import time
@@ -102,12 +103,10 @@ def main() -> None:
     md += [f"| {r['mode']} | {r['max_new_tokens']} | {r['calls']:.0f} | {r['round_s']:.3f} | "
            f"{r['calls_per_s']:.0f} | {r['prompt_tokens']:.0f} | {r['generated_tokens']:.0f} | "
            f"{r['judge_tokens_per_s']:.0f} |" for r in rows]
-    text = "\n".join(md) + "\n"
-    print(text)
-    with open(os.path.join(args.out, "v1_judge_round.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, "v1_judge_round.json"), "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+    out = pathlib.Path(args.out)
+    (out / "v1_judge_round.json").write_text(json.dumps({"args": vars(args), "rows": rows}))
+    (out / "v1_judge_round.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
 
 
 if __name__ == "__main__":

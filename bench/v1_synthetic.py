@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 import time
 
@@ -130,10 +131,9 @@ def main() -> None:
           + " ".join(sys.argv[1:]) + f"` ({time.time() - start:.0f} s on CPU)\n\n"
           + "\n\n".join(sections) + "\n")
     print(md)
-    with open(os.path.join(args.out, "v1_synthetic.md"), "w") as f:
-        f.write(md)
-    with open(os.path.join(args.out, "v1_synthetic.json"), "w") as f:
-        json.dump({"args": vars(args), "results": results}, f, indent=1)
+    out = pathlib.Path(args.out)
+    (out / "v1_synthetic.md").write_text(md)
+    (out / "v1_synthetic.json").write_text(json.dumps({"args": vars(args), "results": results}))
 
 
 if __name__ == "__main__":
