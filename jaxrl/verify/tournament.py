@@ -163,8 +163,8 @@ def swiss_pairs(st: Standings, window: int, limit_P: np.ndarray,
     p, n = st.weight_PN.shape
     mu_PN = st.mu_PN
     rank_PN = np.lexsort((rng.random((p, n)), -mu_PN), axis=-1)  # rank -> candidate
-    lo, hi = np.nonzero(np.triu(np.ones((n, n), bool), 1) & ~np.triu(np.ones((n, n), bool),
-                                                                    window + 1))
+    apart_NN = np.arange(n)[None, :] - np.arange(n)[:, None]
+    lo, hi = np.nonzero((apart_NN >= 1) & (apart_NN <= window))  # rank pairs, lo < hi
     a_PK, b_PK = rank_PN[:, lo], rank_PN[:, hi]
     rows = np.arange(p)[:, None]
     gap_PK = np.abs(mu_PN[rows, a_PK] - mu_PN[rows, b_PK])
