@@ -10,7 +10,8 @@ Two rating modes:
 - `generate`: the prompt ends with "Rating A: "; the model writes "7" and then, in the
   format the prompt shows, "Rating B: 4". Ratings are parsed from the text; a reply
   without both ratings in [1, 10] is unparseable and counted: a tie in pairwise, the
-  lowest rating in pointwise.
+  lowest rating in pointwise. With `reason`, the prompt instead asks the judge to think
+  first and end with the rating lines, and the last ratings in the reply count.
 - `logits`: each rating slot is the position right after a prompt ending in "Rating A: "
   (or "Rating B: ", a second prompt for the same call, so neither slot is read after a
   rating the model chose itself). The rating is the expectation over r = 1..10 of
@@ -48,18 +49,24 @@ UNPARSED_PAIR = (5.5, 5.5)  # a tie: equal ratings give v = 0.5 and the floor we
 UNPARSED_POINT = 1.0
 
 
-def pair_prompt(problem: str, first: str, second: str, slot: str = "A") -> str:
+REASON_FIRST = "Think it through first; end with the rating lines.\n"
+
+
+def pair_prompt(problem: str, first: str, second: str, slot: str | None = "A") -> str:
     """The pairwise judge prompt, `first` shown as solution A; it ends where the rating of
-    `slot` ("A" or "B") is to be written."""
-    if slot not in ("A", "B"):
-        raise ValueError(f"slot={slot!r}; valid: 'A', 'B'")
+    `slot` ("A" or "B") is to be written, or (slot None) asks for reasoning first."""
+    if slot not in ("A", "B", None):
+        raise ValueError(f"slot={slot!r}; valid: 'A', 'B', None")
+    tail = REASON_FIRST if slot is None else f"Rating {slot}: "
     return (f"Problem:\n{problem}\n\nSolution A:\n{first}\n\nSolution B:\n{second}\n\n"
-            f"{PAIR_INSTRUCTION}Rating {slot}: ")
+            f"{PAIR_INSTRUCTION}{tail}")
 
 
-def point_prompt(problem: str, solution: str) -> str:
-    """The pointwise judge prompt; it ends where the rating is to be written."""
-    return f"Problem:\n{problem}\n\nSolution:\n{solution}\n\n{POINT_INSTRUCTION}Rating: "
+def point_prompt(problem: str, solution: str, reason: bool = False) -> str:
+    """The pointwise judge prompt; it ends where the rating is to be written, or (`reason`)
+    asks for reasoning first."""
+    return (f"Problem:\n{problem}\n\nSolution:\n{solution}\n\n{POINT_INSTRUCTION}"
+            + (REASON_FIRST if reason else "Rating: "))
 
 
 _NUMBER = r"(\d+(?:\.\d+)?)(?:\s*/\s*10\b)?"
@@ -74,24 +81,30 @@ def _in_range(value: str) -> float | None:
     return r if 1.0 <= r <= 10.0 else None
 
 
-def parse_pair_ratings(text: str) -> tuple[float, float] | None:
+def _pick(matches: list, last: bool):
+    return (matches[-1] if last else matches[0]) if matches else None
+
+
+def parse_pair_ratings(text: str, last: bool = False) -> tuple[float, float] | None:
     """(rating A, rating B) from a judge's text (the prompt's "Rating A: " plus the reply):
     the first "Rating A: x" and "Rating B: y" (labels may be "A:", "Solution B =", ...;
-    "8/10" reads as 8), else the first two "x/10". None when either is missing or outside
-    [1, 10]."""
-    found = [_SLOT_RE[s].search(text) for s in "AB"]
+    "8/10" reads as 8), else the first two "x/10"; with `last` (a reply that reasons first),
+    the last ones. None when either is missing or outside [1, 10]."""
+    found = [_pick(list(_SLOT_RE[s].finditer(text)), last) for s in "AB"]
+    out_of_ten = [m.group(1) for m in _OUT_OF_TEN_RE.finditer(text)]
     values = ([m.group(1) for m in found] if all(found)
-              else [m.group(1) for m in _OUT_OF_TEN_RE.finditer(text)][:2])
+              else out_of_ten[-2:] if last else out_of_ten[:2])
     if len(values) < 2:
         return None
     a, b = _in_range(values[0]), _in_range(values[1])
     return None if a is None or b is None else (a, b)
 
 
-def parse_point_rating(text: str) -> float | None:
-    """The rating from a pointwise judge's text ("Rating: " plus the reply): the first
-    "Rating: x", else the first "x/10"; None when missing or outside [1, 10]."""
-    m = _POINT_RE.search(text) or _OUT_OF_TEN_RE.search(text)
+def parse_point_rating(text: str, last: bool = False) -> float | None:
+    """The rating from a pointwise judge's text ("Rating: " plus the reply): the first (with
+    `last`, the last) "Rating: x", else "x/10"; None when missing or outside [1, 10]."""
+    m = (_pick(list(_POINT_RE.finditer(text)), last)
+         or _pick(list(_OUT_OF_TEN_RE.finditer(text)), last))
     return None if m is None else _in_range(m.group(1))
 
 
@@ -184,23 +197,30 @@ class ModelJudge:
     `decode.generate` call (generate mode) or one prefill + step (logits mode). Rows are
     padded to a multiple of `row_multiple` and prompts to a multiple of `len_multiple`
     tokens, so rounds of similar size reuse one compiled program. With `debias`, each call
-    shows its two solutions in a random order (recorded in `stats.first_shown_wins`).
+    shows its two solutions in a random order (recorded in `stats.first_shown_wins`). With
+    `reason` (generate mode), prompts ask for reasoning before the rating lines and the last
+    ratings in the reply count; give `max_new_tokens` room for it.
     Sampling is position-keyed with a fresh uid per judge row, so a judge built with the
     same seed and fed the same calls gives the same ratings.
     """
 
     def __init__(self, model: Decoder, params, tokenizer: Tokenizer, problems: Sequence[str],
                  candidates_text: Sequence[Sequence[str]], *, mode: str = "generate",
-                 debias: bool = True, seed: int = 0, max_new_tokens: int = 16,
+                 debias: bool = True, reason: bool = False, seed: int = 0,
+                 max_new_tokens: int = 16,
                  temperature: float = 1.0, row_multiple: int = 8, len_multiple: int = 16):
         if mode not in ("generate", "logits"):
             raise ValueError(f"mode={mode!r}; valid: 'generate', 'logits'")
+        if reason and mode == "logits":
+            raise ValueError("reason=True needs mode='generate': logits mode reads the rating "
+                             "slot right after the prompt")
         if len(problems) != len(candidates_text):
             raise ValueError(f"{len(problems)} problems but {len(candidates_text)} candidate "
                              "lists; need one list per problem")
         self.model, self.params, self.tokenizer = model, params, tokenizer
         self.problems, self.candidates = list(problems), [list(c) for c in candidates_text]
-        self.mode, self.debias, self.max_new_tokens = mode, debias, max_new_tokens
+        self.mode, self.debias, self.reason = mode, debias, reason
+        self.max_new_tokens = max_new_tokens
         self.temperature, self.row_multiple, self.len_multiple = (temperature, row_multiple,
                                                                   len_multiple)
         self.rng, self.key, self.next_uid = np.random.default_rng(seed), jax.random.key(seed), 0
@@ -249,8 +269,9 @@ class ModelJudge:
         if self.mode == "logits":
             return np.stack([self._expected([pair_prompt(*t, slot) for t in texts], tokens)
                              for slot, tokens in zip("AB", self.pair_tokens)], -1)
-        replies = self._generate([pair_prompt(*t) for t in texts])
-        parsed = [parse_pair_ratings("Rating A: " + reply) for reply in replies]
+        slot, lead = (None, "") if self.reason else ("A", "Rating A: ")
+        replies = self._generate([pair_prompt(*t, slot) for t in texts])
+        parsed = [parse_pair_ratings(lead + reply, last=self.reason) for reply in replies]
         self.stats.unparseable += sum(r is None for r in parsed)
         return np.asarray([UNPARSED_PAIR if r is None else r for r in parsed], np.float64)
 
@@ -282,12 +303,14 @@ class ModelJudge:
         p_C, r_C = np.nonzero(cands_PR >= 0)
         if not len(p_C):
             return ratings_PR
-        texts = [point_prompt(self.problems[p], self.candidates[p][c])
+        texts = [point_prompt(self.problems[p], self.candidates[p][c], self.reason)
                  for p, c in zip(p_C, cands_PR[p_C, r_C])]
         if self.mode == "logits":
             ratings_C = self._expected(texts, self.point_tokens)
         else:
-            parsed = [parse_point_rating("Rating: " + reply) for reply in self._generate(texts)]
+            lead = "" if self.reason else "Rating: "
+            parsed = [parse_point_rating(lead + reply, last=self.reason)
+                      for reply in self._generate(texts)]
             self.stats.unparseable += sum(r is None for r in parsed)
             ratings_C = np.asarray([UNPARSED_POINT if r is None else r for r in parsed])
         self.stats.calls += len(p_C)

@@ -30,6 +30,16 @@ def test_parse_pair_ratings(text, want):
     assert judge.parse_pair_ratings(text) == want
 
 
+def test_parse_last_ratings_after_reasoning():
+    reply = ("A adds 2 and 3 to get 5. Rating A: 9 would fit if B were wrong, and\n"
+             "B gets 6.\nRating A: 9\nRating B: 2")
+    assert judge.parse_pair_ratings(reply, last=True) == (9.0, 2.0)
+    assert judge.parse_pair_ratings("draft 7/10 and 5/10; final 8/10 and 2/10", last=True) == \
+        (8.0, 2.0)
+    assert judge.parse_point_rating("Rating: 4 at first. Rating: 8", last=True) == 8.0
+    assert judge.parse_point_rating("Rating: 4 at first. Rating: 8") == 4.0
+
+
 @pytest.mark.parametrize("text, want", [
     ("Rating: 9", 9.0), ("Rating: 10/10\nLooks right.", 10.0), ("Rating: 0", None),
     ("Rating: The solution deserves 6/10.", 6.0), ("Rating: ", None), ("Rating: 3.5 ok", 3.5),
@@ -46,6 +56,8 @@ def test_prompts_fit_the_char_alphabet_and_end_at_the_slot():
     assert judge.pair_prompt("p", "first", "second", "B").endswith("Rating B: ")
     assert judge.pair_prompt("p", "first", "second").index("first") < \
         judge.pair_prompt("p", "first", "second").index("second")
+    assert judge.pair_prompt("p", "a", "b", None).endswith(judge.REASON_FIRST)
+    assert judge.point_prompt("p", "s", reason=True).endswith(judge.REASON_FIRST)
     with pytest.raises(ValueError, match="slot='C'"):
         judge.pair_prompt("p", "a", "b", slot="C")
 
@@ -198,6 +210,8 @@ def test_model_judge_bad_arguments(tiny):
     model, params = tiny
     with pytest.raises(ValueError, match="mode='sample'"):
         judge.ModelJudge(model, params, TOK, PROBLEMS, CANDIDATES, mode="sample")
+    with pytest.raises(ValueError, match="reason=True needs mode='generate'"):
+        judge.ModelJudge(model, params, TOK, PROBLEMS, CANDIDATES, mode="logits", reason=True)
     with pytest.raises(ValueError, match="2 problems but 1 candidate lists"):
         judge.ModelJudge(model, params, TOK, PROBLEMS, CANDIDATES[:1])
     with pytest.raises(ValueError, match="pairs_PR2 has 3 rows; this judge holds 2 problems"):
