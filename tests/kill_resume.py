@@ -108,8 +108,13 @@ def killed_run(workdir: pathlib.Path, sft_steps: int, rl_steps: int, kills: int,
             stale = _saving(workdir)
             fired = _wait(proc, lambda: bool(_saving(workdir) - stale), timeout_s)
         elif kind == "step":
-            target = min(start + rng.randint(1, 2), total - 1)
-            fired = _wait(proc, lambda: _max_metric_step(workdir) >= target, timeout_s)
+            # Some time into step `target` or later, once a checkpoint newer than `start`
+            # is committed (saves are asynchronous: without that wait, a run whose steps
+            # are fast could be killed before any save commits, again and again).
+            target = min(start + rng.randint(1, 3), total - 1)
+            fired = _wait(proc, lambda: (_max_metric_step(workdir) >= target
+                                         and (_saved_steps(workdir) or [0])[-1] > start),
+                          timeout_s)
             if fired:
                 time.sleep(rng.uniform(0.0, 0.3))
         else:
