@@ -199,7 +199,8 @@ class ModelJudge:
     tokens, so rounds of similar size reuse one compiled program. With `debias`, each call
     shows its two solutions in a random order (recorded in `stats.first_shown_wins`). With
     `reason` (generate mode), prompts ask for reasoning before the rating lines and the last
-    ratings in the reply count; give `max_new_tokens` room for it.
+    ratings in the reply count; give `max_new_tokens` room for it. Device calls take at most
+    `max_rows` prompts (a round of more is run in chunks).
     Sampling is position-keyed with a fresh uid per judge row, so a judge built with the
     same seed and fed the same calls gives the same ratings.
     """
@@ -208,7 +209,8 @@ class ModelJudge:
                  candidates_text: Sequence[Sequence[str]], *, mode: str = "generate",
                  debias: bool = True, reason: bool = False, seed: int = 0,
                  max_new_tokens: int = 16,
-                 temperature: float = 1.0, row_multiple: int = 8, len_multiple: int = 16):
+                 temperature: float = 1.0, row_multiple: int = 8, len_multiple: int = 16,
+                 max_rows: int = 64):
         if mode not in ("generate", "logits"):
             raise ValueError(f"mode={mode!r}; valid: 'generate', 'logits'")
         if reason and mode == "logits":
@@ -223,6 +225,10 @@ class ModelJudge:
         self.max_new_tokens = max_new_tokens
         self.temperature, self.row_multiple, self.len_multiple = (temperature, row_multiple,
                                                                   len_multiple)
+        if max_rows < 1 or max_rows % row_multiple:
+            raise ValueError(f"max_rows={max_rows} must be a positive multiple of "
+                             f"row_multiple={row_multiple}")
+        self.max_rows = max_rows
         self.rng, self.key, self.next_uid = np.random.default_rng(seed), jax.random.key(seed), 0
         self.stats = JudgeStats()
         if mode == "logits":
@@ -242,7 +248,19 @@ class ModelJudge:
         self.stats.prompt_tokens += int(lengths_B[:n].sum())
         return prompts_BL, lengths_B, n
 
+    def _chunks(self, texts: list[str], fn) -> list:
+        """`fn` on consecutive chunks of at most `max_rows` prompts, results concatenated:
+        prefill attention holds [rows, heads, T, T] scores, so judge prompts (which carry
+        two solutions) over many calls do not fit one device call."""
+        out = []
+        for i in range(0, len(texts), self.max_rows):
+            out.extend(fn(texts[i:i + self.max_rows]))
+        return out
+
     def _generate(self, texts: list[str]) -> list[str]:
+        return self._chunks(texts, self._generate_rows)
+
+    def _generate_rows(self, texts: list[str]) -> list[str]:
         prompts_BL, lengths_B, n = self._batch(texts)
         b = len(lengths_B)
         uids_B = jnp.arange(self.next_uid, self.next_uid + b, dtype=jnp.int32)
@@ -256,6 +274,9 @@ class ModelJudge:
         return [self.tokenizer.decode(tokens_BN[i, :lengths[i]].tolist()) for i in range(n)]
 
     def _expected(self, texts: list[str], tokens: RatingTokens) -> np.ndarray:
+        return np.asarray(self._chunks(texts, lambda t: self._expected_rows(t, tokens)))
+
+    def _expected_rows(self, texts: list[str], tokens: RatingTokens) -> np.ndarray:
         prompts_BL, lengths_B, n = self._batch(texts)
         next_B = jnp.full((len(lengths_B),), tokens.continued_token, jnp.int32)
         logp1, logp2 = rating_logprobs(self.model, self.params, jnp.asarray(prompts_BL),
