@@ -41,7 +41,7 @@ from jaxrl.rollout.decode import generate
 from jaxrl.rollout.sampling import SamplingParams
 from jaxrl.rollout.speculative import SpecConfig
 from kernels.ragged_attention import IMPLS as ATTENTION_IMPLS
-from jaxrl.tasks import batches, get_task, math_checker
+from jaxrl.tasks import batches, get_task, math_reward
 from jaxrl.tasks.base import TOKENIZER
 
 SOURCES = ("embedded", "jsonl")
@@ -263,8 +263,8 @@ class JsonlPrompts:
         if too_long:
             logging.warning("%s: skipped %d prompts longer than config.data.max_prompt_len=%d "
                             "tokens", name, too_long, d.max_prompt_len)
-        self.reward = HostReward(math_checker.check, tokenizer, timeout_s=d.reward_timeout_s,
-                                 format_fn=lambda text: math_checker.last_boxed(text) is not None,
+        self.reward = HostReward(math_reward.Scorer(), tokenizer, timeout_s=d.reward_timeout_s,
+                                 format_fn=math_reward.has_boxed_answer,
                                  format_coef=config.rl.format_coef)
         self.info = {"dataset": name, "data_dir": data_dir, "train_rows": len(self.rows),
                      "held_out_rows": len(self.held_out_answers), "prompt_len": self.prompt_len,
