@@ -21,6 +21,14 @@ setup(
         "safetensors>=0.8",
         "tokenizers>=0.20",
         "tensorboardX>=2.6",
+        # TFDS data (jaxrl/tasks/tfds_builders.py, the JSONL math path), written and read
+        # without TensorFlow; tfds imports importlib_resources but declares it only for
+        # Python < 3.9 (tensorflow/datasets#11212).
+        "tensorflow-datasets>=4.9.10",
+        "array-record>=0.8.6",
+        "importlib_resources>=6",
+        # The JSONL math reward (jaxrl/tasks/math_reward.py), as TRL and open-r1 score it.
+        "math-verify>=0.9.0,<0.10",
     ],
     extras_require={
         "test": [
@@ -28,12 +36,6 @@ setup(
             "pytest-xdist>=3.5",
             "torch>=2.5",
             "transformers>=5.0",
-            # TFDS data (jaxrl/tasks/tfds_builders.py), written and read without TensorFlow;
-            # tfds imports importlib_resources but declares it only for Python < 3.9
-            # (tensorflow/datasets#11212).
-            "tensorflow-datasets>=4.9.10",
-            "array-record>=0.8.6",
-            "importlib_resources>=6",
         ],
     },
 )

@@ -17,8 +17,9 @@ it before anything compiles; an unknown or missing field is an error.
 `data=jsonl` trains the HF checkpoint at `model.path` with GRPO (no SFT: JSONL rows have
 final answers, not reference completions) on `manual_dir/train.jsonl` (rows as
 jaxrl/tasks/tfds_builders.py reads them: GSM8K, MATH or DeepScaleR style), rewards 1 for a
-completion whose final answer `math_checker.check` accepts, and reports greedy accuracy on
-the first `eval.num_problems` rows of `test.jsonl` (if present). Each prompt is
+completion whose `\\boxed{}` answer math-verify accepts (jaxrl/tasks/math_reward.py: as TRL
+and open-r1 score math), and reports greedy accuracy on the first `eval.num_problems` rows
+of `test.jsonl` (if present). Each prompt is
 `prompt_template.format(prompt=row_prompt)`, tokenized with the checkpoint's tokenizer.json:
 `template=plain` (the default) suits any model, `template=chatml` is the chat format of
 Qwen2/2.5/3 instruct models (or set `--config.data.prompt_template` to your own).
@@ -150,7 +151,7 @@ def get_config(arg=None):
     # Rendered prompts longer than this (in tokens) are skipped and counted, not truncated:
     # a cut problem is a wrong problem. Prompts are padded to the longest one kept.
     c.data.max_prompt_len = 512
-    c.data.reward_timeout_s = 5.0  # per math_checker call; past it the sample scores 0
+    c.data.reward_timeout_s = 5.0  # per math_reward.Scorer call; past it the sample scores 0
 
     if arg.data == "jsonl":
         # A pretrained checkpoint on real text: no SFT (no reference completions), room to

@@ -27,7 +27,7 @@ from absl import logging
 
 from jaxrl.config_utils import at_least, one_of, positive
 from jaxrl.models.tokenizer import Tokenizer
-from jaxrl.tasks import batches, math_checker
+from jaxrl.tasks import batches, math_reward
 from jaxrl.tasks.base import Task
 from jaxrl.tasks.registry import TASKS, get_task
 
@@ -140,7 +140,6 @@ class JsonlPrompts:
     """
 
     task = None  # scored on the host by `check`
-    check = staticmethod(math_checker.check)
 
     def __init__(self, data_cfg: DataConfig, tokenizer: Tokenizer, *, seed: int,
                  max_new_tokens: int, num_held_out: int, workdir: str):
@@ -150,6 +149,9 @@ class JsonlPrompts:
         self.tokenizer, self.template, self.seed = tokenizer, d.prompt_template, seed
         self.max_new_tokens = max_new_tokens
         self.reward_timeout_s = d.reward_timeout_s
+        # HF math-verify, as TRL and open-r1 score math rewards, in worker processes (its
+        # timeouts need a main thread; jaxrl/tasks/math_reward.py).
+        self.check = math_reward.Scorer()
         data_dir = d.data_dir or os.path.join(workdir, "data")
         builder = tb.prepare_jsonl(data_dir, d.manual_dir, d.name, d.on_error)
         name = builder.dataset_name  # keyed on the files' content
@@ -195,7 +197,7 @@ class JsonlPrompts:
     @staticmethod
     def has_answer(text: str) -> bool:
         """The format reward's test: the completion states a final answer."""
-        return math_checker.last_boxed(text) is not None
+        return math_reward.has_boxed_answer(text)
 
     def _encode(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(self.template.format(prompt=prompt))

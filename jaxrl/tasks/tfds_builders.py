@@ -184,7 +184,7 @@ class JsonlMath(tfds.core.GeneratorBasedBuilder):
             description="Math problems and their final answers, from user JSONL.",
             features=tfds.features.FeaturesDict({
                 "prompt": tfds.features.Text(),
-                "answer": tfds.features.Text(),  # the final answer, for math_checker.check
+                "answer": tfds.features.Text(),  # the final answer, for math_reward.verdict
             }),
             disable_shuffling=True,  # rows keep the file's order
         )

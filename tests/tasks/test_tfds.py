@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("tensorflow_datasets")
 
-from jaxrl.tasks import math_checker  # noqa: E402
+from jaxrl.tasks import math_reward  # noqa: E402
 from jaxrl.tasks import tfds_builders as tb  # noqa: E402
 
 
@@ -54,11 +54,11 @@ def test_jsonl_rows_are_read_in_order(tmp_path):
     ]
     assert read_all(builder.dataset_name, tmp_path / "data", "test") == [
         {"prompt": MATH["problem"], "answer": "\\frac{3}{4}"}]
-    # The stored answers are what the checker grades against.
-    assert math_checker.check("... #### 1203", train[0]["answer"])
-    assert math_checker.check("so \\boxed{0.75}", train[1]["answer"])
-    assert math_checker.check("x is \\boxed{\\frac{2}{\\sqrt{2}}}", train[2]["answer"])
-    assert not math_checker.check("so \\boxed{0.7}", train[1]["answer"])
+    # The stored answers are what the reward grades against (in this thread: verdict).
+    assert math_reward.verdict("so \\boxed{1203}", train[0]["answer"])
+    assert math_reward.verdict("so \\boxed{0.75}", train[1]["answer"])
+    assert math_reward.verdict("x is \\boxed{\\frac{2}{\\sqrt{2}}}", train[2]["answer"])
+    assert not math_reward.verdict("so \\boxed{0.7}", train[1]["answer"])
     # Written and read without TensorFlow.
     assert "tensorflow" not in sys.modules
 
