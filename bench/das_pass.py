@@ -117,14 +117,14 @@ def main(argv=None):
 
         def match_body(i, acc):
             ctx_BM, corpus_PX = corpus_and_contexts(i)
-            ml_BX = drafter._match_lengths(ctx_BM, corpus_PX[group_B])
+            ml_BX = drafter.match_lengths(ctx_BM, corpus_PX[group_B])
             return acc + jnp.max(ml_BX, axis=1).sum()
 
         x = corpus_and_contexts(0)[1].shape[1]
 
         def candidates_body(i, acc):
             mask_BX = (jnp.arange(x) * (i + 7) + group_B[:, None]) % 131 == 0
-            return acc + drafter._first_positions(mask_BX, args.max_candidates).sum()
+            return acc + drafter.first_positions(mask_BX, args.max_candidates).sum()
 
         ctx_len = args.context + n + d + 1
         cache = init_cache(cfg, rows, ctx_len).replace(
