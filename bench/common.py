@@ -30,6 +30,22 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 GRPO_CONFIG = ROOT / "configs" / "grpo.py"
 
 
+def csv(kind):
+    """An argparse `type`: comma-separated values of `kind` ("1,16,64" -> [1, 16, 64])."""
+    import argparse
+
+    def parse(text: str) -> list:
+        try:
+            values = [kind(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected comma-separated {kind.__name__}s") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected at least one value")
+        return values
+    return parse
+
+
 # ---- timing ----
 
 def time_calls(fn, reps: int, warmup: int = 1, inputs=((),)) -> list[float]:

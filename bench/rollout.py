@@ -60,7 +60,8 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each rollout per step")
     p.add_argument("--ablations", default="no_length_aware,no_compaction,window_1,window_16",
                    help="comma list; '' for none")
-    p.add_argument("--widths", default="0,4,8,16", help="verification widths (one compile each)")
+    p.add_argument("--widths", type=common.csv(int), default=[0, 4, 8, 16],
+                   help="verification widths (one compile each)")
     p.add_argument("--min-bucket", type=int, default=8)
     p.add_argument("--fit-cost-model", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -82,7 +83,7 @@ def make_config(args) -> train.TrainConfig:
         "sft.batch_size": args.sft_batch, "sft.learning_rate": args.sft_lr,
         "rl.learning_rate": args.rl_lr, "rl.num_prompts": args.pool,
         "rl.num_generations": args.num_generations, "rl.old_logprobs": "sampler",
-        "rollout.widths": tuple(int(w) for w in args.widths.split(",")),
+        "rollout.widths": tuple(args.widths),
         "rollout.min_bucket": args.min_bucket, "rollout.fit_cost_model": False,
         "eval.num_problems": 1})
 
