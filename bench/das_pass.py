@@ -1,7 +1,7 @@
 """What one DAS pass costs, piece by piece, against one plain decode step.
 
-    python bench/das_pass.py --out-dir das_pass_bench        # on a GPU
-    python bench/das_pass.py --rows 8 --iters 2               # a CPU smoke run
+    python -m bench.das_pass --out-dir das_pass_bench        # on a GPU
+    python -m bench.das_pass --rows 8 --iters 2               # a CPU smoke run
 
 Each piece runs `--iters` times inside one jitted `fori_loop`, the way the rollout's
 `while_loop` runs it, so launch and scheduling costs count as they do there; the figure is
@@ -20,32 +20,28 @@ Pieces, at each bucket size (rows):
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import json
 import os
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxrl.models.config import preset  # noqa: E402
-from jaxrl.models.decoder import Decoder, init_params  # noqa: E402
-from jaxrl.models.kv_cache import init_cache  # noqa: E402
-from jaxrl.rollout import drafter  # noqa: E402
-from jaxrl.rollout.sampling import SamplingParams, position_keys, sample  # noqa: E402
-from kernels.speculative_sampling import speculative_sample  # noqa: E402
+from bench import common
+from jaxrl.models.config import preset
+from jaxrl.models.decoder import Decoder, init_params
+from jaxrl.models.kv_cache import init_cache
+from jaxrl.rollout import drafter
+from jaxrl.rollout.sampling import SamplingParams, position_keys, sample
+from kernels.speculative_sampling import speculative_sample
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small")
     p.add_argument("--vocab", type=int, default=128)
-    p.add_argument("--rows", default="512,64,8", help="bucket sizes")
+    p.add_argument("--rows", type=common.csv(int), default=[512, 64, 8], help="bucket sizes")
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=433)
@@ -54,27 +50,22 @@ def parse_args(argv):
     p.add_argument("--max-match", type=int, default=16)
     p.add_argument("--max-draft", type=int, default=16)
     p.add_argument("--max-candidates", type=int, default=64)
-    p.add_argument("--widths", default="4,16")
+    p.add_argument("--widths", type=common.csv(int), default=[4, 16])
     p.add_argument("--iters", type=int, default=64)
     p.add_argument("--out-dir", default="das_pass_bench")
     return p.parse_args(argv)
 
 
 def loop_time(body, init, iters):
-    """Seconds per iteration of `body(i, carry)` in a jitted fori_loop (compile excluded)."""
+    """Seconds per iteration of `body(i, carry)` in a jitted fori_loop: the best of 3 runs
+    after the compile."""
     run = jax.jit(lambda c: jax.lax.fori_loop(0, iters, body, c))
-    jax.block_until_ready(run(init))
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(init))
-        best = min(best, time.perf_counter() - t0)
-    return best / iters
+    return min(common.time_calls(run, 3, inputs=[(init,)])) / iters
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    os.makedirs(args.out_dir, exist_ok=True)
     cfg = preset(args.preset, vocab_size=args.vocab, dtype="bfloat16", param_dtype="float32")
     model = Decoder(cfg)
     params = init_params(cfg, jax.random.key(0))
@@ -82,7 +73,7 @@ def main(argv=None):
     m, d, g, n = args.max_match, args.max_draft, args.group, args.max_new_tokens
     rng = np.random.default_rng(0)
     results = []
-    for rows in (int(r) for r in args.rows.split(",")):
+    for rows in args.rows:
         p = max(rows // g, 1)
         group_B = jnp.arange(rows, dtype=jnp.int32) // g % p
         prompts_PL = jnp.asarray(rng.integers(3, args.vocab, (p, args.prompt_len)), jnp.int32)
@@ -117,14 +108,14 @@ def main(argv=None):
 
         def match_body(i, acc):
             ctx_BM, corpus_PX = corpus_and_contexts(i)
-            ml_BX = drafter._match_lengths(ctx_BM, corpus_PX[group_B])
+            ml_BX = drafter.match_lengths(ctx_BM, corpus_PX[group_B])
             return acc + jnp.max(ml_BX, axis=1).sum()
 
         x = corpus_and_contexts(0)[1].shape[1]
 
         def candidates_body(i, acc):
             mask_BX = (jnp.arange(x) * (i + 7) + group_B[:, None]) % 131 == 0
-            return acc + drafter._first_positions(mask_BX, args.max_candidates).sum()
+            return acc + drafter.first_positions(mask_BX, args.max_candidates).sum()
 
         ctx_len = args.context + n + d + 1
         cache = init_cache(cfg, rows, ctx_len).replace(
@@ -155,7 +146,7 @@ def main(argv=None):
         row = {"rows": rows, "corpus_tokens": x, "ms": {}}
         pieces = {"decode_step": (decode_body, (cache, last_B)),
                   **{f"verify_{k}": (functools.partial(verify_body, k), (cache, last_B))
-                     for k in (int(w) for w in args.widths.split(","))},
+                     for k in args.widths},
                   "corpus": (corpus_body, jnp.int32(0)), "draft": (draft_body, jnp.int32(0)),
                   "match": (match_body, jnp.int32(0)), "candidates": (candidates_body, jnp.int32(0)),
                   "switch": (switch_body, jnp.arange(rows, dtype=jnp.int32)),
@@ -164,13 +155,10 @@ def main(argv=None):
             row["ms"][name] = 1e3 * loop_time(body, init, args.iters)
             print(f"rows {rows}: {name} {row['ms'][name]:.3f} ms", flush=True)
         results.append(row)
-    report = {"device": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
-              "command": "python bench/das_pass.py " + " ".join(argv or sys.argv[1:]),
-              "args": vars(args), "results": results}
-    with open(os.path.join(args.out_dir, "das_pass.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    report = {**common.run_info("das_pass", argv), "args": vars(args), "results": results}
+    common.write_json(os.path.join(args.out_dir, "das_pass.json"), report)
     names = list(results[0]["ms"])
-    lines = [f"{report['device']}, {report['date']}, `{report['command']}`", "",
+    lines = [common.heading(report), "",
              "| rows | corpus tokens/row | " + " | ".join(f"{k} (ms)" for k in names) + " |",
              "|---|---|" + "---|" * len(names)]
     for r in results:

@@ -1,6 +1,6 @@
 """Decode throughput of `jaxrl.rollout.decode.generate` against the HBM roofline and HF transformers.
 
-    python bench/decode.py --models qwen2_0p5b,qwen2_1p5b --batches 1,16,64,256,512 \
+    python -m bench.decode --models qwen2_0p5b,qwen2_1p5b --batches 1,16,64,256,512 \
         --prompt-len 512 --new-tokens 512 --out results.json
 
 For each model preset (random bf16 weights) and batch size, every row gets exactly
@@ -9,8 +9,9 @@ no top-k/top-p, no stop tokens). One run compiles and warms up, then `--reps` ru
 timed (the best is used). A second program with `max_new_tokens=1` times the prefill, so
 decode time = total - prefill, covering the remaining N-1 steps.
 
-The same run measures the GPU's HBM bandwidth (a jitted `x + 1` over `--bw-gib` of bf16,
-and a read-only sum) and compares each step time with two floors:
+The same run measures the GPU's HBM bandwidth (`bench.common.hbm_bandwidth`: the device time
+of a read-only max and of an `x + 1` copy over `--bw-gib` GiB of bf16, the larger figure
+used) and compares each step time with two floors:
   ideal: weights + the KV cache of the average valid length (prompt + N/2) per row;
   dense: weights + the whole cache (prompt + N slots), which is what `attend` reads now.
 
@@ -20,18 +21,14 @@ CUDA, as HF does by default) on the same architecture, run in a child process (s
 what it finished; a markdown table is printed at the end.
 
 Local smoke test (CPU):
-    python bench/decode.py --models tiny --batches 1,2 --prompt-len 8 --new-tokens 8 --reps 1
+    python -m bench.decode --models tiny --batches 1,2 --prompt-len 8 --new-tokens 8 --reps 1
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import importlib.metadata
 import json
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -42,9 +39,7 @@ import time
 # (at least the 25% that XLA_PYTHON_CLIENT_MEM_FRACTION keeps back); OOM there is recorded.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+from bench import common  # noqa: E402  (imports no JAX: the HF child imports it too)
 
 HF_WARMUP_TOKENS = 16  # enough decode steps for torch.compile and CUDA-graph capture
 
@@ -53,21 +48,11 @@ def log(msg: str) -> None:
     print(f"[decode-bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _csv_ints(name: str, text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SystemExit(f"--{name}={text!r}: expected comma-separated integers, e.g. 1,16,64")
-    if not values or min(values) < 1:
-        raise SystemExit(f"--{name}={text!r}: expected positive integers")
-    return values
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="qwen2_0p5b,qwen2_1p5b",
+    p.add_argument("--models", type=common.csv(str), default=["qwen2_0p5b", "qwen2_1p5b"],
                    help="comma-separated presets from jaxrl.models.config.PRESETS")
-    p.add_argument("--batches", default="1,16,64,256,512")
+    p.add_argument("--batches", type=common.csv(int), default=[1, 16, 64, 256, 512])
     p.add_argument("--prompt-len", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=512)
     p.add_argument("--reps", type=int, default=2, help="timed runs per measurement (best is used)")
@@ -82,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip the separate prefill timing (saves one compile per config); "
                         "decode figures then include the prefill")
     p.add_argument("--bw-gib", type=float, default=None,
-                   help="size of the bandwidth probe array (default 2 GiB on GPU, 1/16 on CPU)")
+                   help="size of the bandwidth probe array (default 4 GiB on GPU, 1/16 on CPU)")
     p.add_argument("--budget-s", type=float, default=480.0,
                    help="start no new measurement after this many seconds (0: no limit); "
                         "the ones not started are recorded as skipped")
@@ -92,8 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.hf_worker:
         return args
-    args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.batch_sizes = _csv_ints("batches", args.batches)
+    if min(args.batches) < 1:
+        raise SystemExit(f"--batches={args.batches}: expected positive integers")
     if args.prompt_len < 1:
         raise SystemExit(f"--prompt-len={args.prompt_len}: must be >= 1")
     if args.new_tokens < 2:
@@ -105,13 +90,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.hf_reps < 1:
         raise SystemExit(f"--hf-reps={args.hf_reps}: must be >= 1")
     return args
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 # --------------------------------------------------------------------------------------
@@ -260,7 +238,7 @@ class HFWorker:
         try:
             if self.proc is None:
                 self.proc = subprocess.Popen(
-                    [sys.executable, os.path.abspath(__file__), "--hf-worker"],
+                    [sys.executable, "-m", "bench.decode", "--hf-worker"], cwd=common.ROOT,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 self.info = self._recv()
             self.proc.stdin.write(json.dumps(req) + "\n")
@@ -280,37 +258,6 @@ class HFWorker:
 # jaxrl side (parent process).
 # --------------------------------------------------------------------------------------
 
-def measure_bandwidth(gib: float) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    n = int(gib * 2**30) // 2
-    x = jnp.ones((n // 4096, 4096), jnp.bfloat16)
-    nbytes = x.size * 2
-    copy = jax.jit(lambda a: a + 1)  # reads and writes nbytes
-    read = jax.jit(lambda a: jnp.sum(a, dtype=jnp.float32))  # reads nbytes
-
-    def best(f, reps=20):
-        jax.block_until_ready(f(x))
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(x))
-            times.append(time.perf_counter() - t0)
-        return min(times), sorted(times)[len(times) // 2]
-
-    copy_best, copy_med = best(copy)
-    read_best, read_med = best(read)
-    del x
-    gc.collect()
-    res = {"array_bytes": nbytes,
-           "copy_gbps": 2 * nbytes / copy_best / 1e9, "copy_gbps_median": 2 * nbytes / copy_med / 1e9,
-           "read_gbps": nbytes / read_best / 1e9, "read_gbps_median": nbytes / read_med / 1e9}
-    # Decode is nearly all reads; the larger figure gives the lower (stricter) floor.
-    res["roofline_gbps"] = max(res["copy_gbps"], res["read_gbps"])
-    return res
-
-
 def measure_ours(cfg, params, batch: int, prompt_len: int, new_tokens: int, reps: int,
                  prefill: bool, seed: int) -> dict:
     import jax
@@ -329,24 +276,20 @@ def measure_ours(cfg, params, batch: int, prompt_len: int, new_tokens: int, reps
     key = jax.random.key(seed)
     sampling = SamplingParams.make(batch, temperature=1.0)
 
-    def run(n: int) -> tuple[float, int]:
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(generate(model, params, prompts_BL, lengths_B, uids_B, key,
-                                             sampling, max_new_tokens=n))
-        dt = time.perf_counter() - t0
-        return dt, int(np.asarray(out.lengths_B).min())
-
+    run = lambda n: generate(model, params, prompts_BL, lengths_B, uids_B, key,  # noqa: E731
+                             sampling, max_new_tokens=n)
     res = {"status": "ok"}
-    res["warmup_s"], min_len = run(new_tokens)  # compile + first run
+    t0 = time.perf_counter()
+    min_len = int(np.asarray(jax.block_until_ready(run(new_tokens)).lengths_B).min())
+    res["warmup_s"] = time.perf_counter() - t0  # compile + first run
     if min_len != new_tokens:
         raise RuntimeError(f"a row generated {min_len} < {new_tokens} tokens")
-    res["total_times_s"] = [run(new_tokens)[0] for _ in range(reps)]
+    res["total_times_s"] = common.time_calls(run, reps, warmup=0, inputs=[(new_tokens,)])
     if prefill:
-        res["prefill_warmup_s"] = run(1)[0]
-        res["prefill_times_s"] = [run(1)[0] for _ in range(reps)]
-    stats = jax.devices()[0].memory_stats()
-    if stats and "peak_bytes_in_use" in stats:  # JAX keeps one peak for the whole process
-        res["process_peak_mem_gib"] = stats["peak_bytes_in_use"] / 2**30
+        res["prefill_warmup_s"], *res["prefill_times_s"] = common.time_calls(
+            run, reps + 1, warmup=0, inputs=[(1,)])
+    if common.peak_memory_gib() is not None:
+        res["process_peak_mem_gib"] = common.peak_memory_gib()
     return res
 
 
@@ -420,13 +363,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str, report: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main(args: argparse.Namespace) -> None:
     import jax
     import jax.numpy as jnp
@@ -434,20 +370,15 @@ def main(args: argparse.Namespace) -> None:
     from jaxrl.models.config import PRESETS, preset
     from jaxrl.models.decoder import init_params
 
-    for name in args.model_names:
+    for name in args.models:
         if name not in PRESETS:
             raise SystemExit(f"--models: unknown preset {name!r}; valid: {sorted(PRESETS)}")
 
     start = time.perf_counter()
-    dev = jax.devices()[0]
+    info = common.run_info("decode", sys.argv[1:], "torch", "transformers")
+    info["device"]["torch"] = None  # the HF child's device, once it has said
     report = {
-        "command": shlex.join([sys.executable] + sys.argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "device": {"jax": dev.device_kind, "jax_platform": dev.platform, "torch": None},
-        "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                     "jaxlib": _version("jaxlib"), "flax": _version("flax"),
-                     "torch": _version("torch"), "transformers": _version("transformers")},
+        **info,
         "settings": {k: v for k, v in vars(args).items() if k != "hf_worker"},
         "sampling": "temperature 1.0, top_k 0, top_p 1.0, no stop tokens",
         "definitions": {
@@ -455,19 +386,17 @@ def main(args: argparse.Namespace) -> None:
             "decode_s": "best total_s - best prefill_s, over new_tokens - 1 steps",
             "ideal_bytes_per_step": "weight bytes + batch * (prompt_len + new_tokens/2) * KV bytes/token",
             "dense_bytes_per_step": "weight bytes + batch * (prompt_len + new_tokens) * KV bytes/token",
-            "roofline_*_frac": "(bytes per step / hbm.roofline_gbps) / measured step time",
+            "roofline_*_frac": "(bytes per step / hbm.gbps) / measured step time",
         },
         "results": [],
     }
-    log(f"device {dev.device_kind} ({dev.platform}); writing {args.out}")
+    log(f"device {info['device']['kind']} ({info['device']['platform']}); writing {args.out}")
 
-    bw_gib = args.bw_gib if args.bw_gib is not None else (2.0 if dev.platform == "gpu" else 1 / 16)
-    bw = measure_bandwidth(bw_gib)
-    report["hbm"] = bw
-    gbps = bw["roofline_gbps"]
+    bw = report["hbm"] = common.hbm_bandwidth(common.probe_gib(args.bw_gib))
+    gbps = bw["gbps"]
     log(f"bandwidth: copy {bw['copy_gbps']:.0f} GB/s (read+write), read {bw['read_gbps']:.0f} GB/s "
         f"over {bw['array_bytes'] / 2**30:.2f} GiB; roofline uses {gbps:.0f} GB/s")
-    write_json(args.out, report)
+    common.write_json(args.out, report)
 
     hf = None if args.skip_hf else HFWorker()
     def over_budget() -> bool:
@@ -476,12 +405,12 @@ def main(args: argparse.Namespace) -> None:
     skipped = {"status": "skipped", "reason": f"past --budget-s={args.budget_s}"}
     p_len, n_new = args.prompt_len, args.new_tokens
 
-    for name in args.model_names:
+    for name in args.models:
         cfg = preset(name)
         if over_budget():  # not even the weights: the next model would start nothing
             report["results"] += [{"model": name, "batch": b, "ours": dict(skipped),
-                                   "hf": dict(skipped)} for b in args.batch_sizes]
-            write_json(args.out, report)
+                                   "hf": dict(skipped)} for b in args.batches]
+            common.write_json(args.out, report)
             continue
         params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
         params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
@@ -492,7 +421,7 @@ def main(args: argparse.Namespace) -> None:
             "num_kv_heads", "head_dim", "rms_norm_eps", "tie_word_embeddings", "qkv_bias",
             "qk_norm", "max_position_embeddings")}
 
-        for batch in args.batch_sizes:
+        for batch in args.batches:
             entry = {"model": name, "batch": batch, "prompt_len": p_len, "new_tokens": n_new,
                      "num_params": cfg.num_params(),
                      "roofline": roofline(cfg, weight_bytes, batch, p_len, n_new, gbps)}
@@ -511,7 +440,7 @@ def main(args: argparse.Namespace) -> None:
                 add_roofline_fractions(entry["ours"], entry["roofline"])
                 gc.collect()
                 log(f"{name} B={batch}: ours {summary(entry['ours'], entry['roofline'])}")
-            write_json(args.out, report)
+            common.write_json(args.out, report)
 
             if hf is None:
                 continue
@@ -538,7 +467,7 @@ def main(args: argparse.Namespace) -> None:
                     h["warning"] = f"HF model has {h['num_params']} params, ours {cfg.num_params()}"
                     log(h["warning"])
                 log(f"{name} B={batch}: HF {summary(h, entry['roofline'])}")
-            write_json(args.out, report)
+            common.write_json(args.out, report)
 
         del params
         jax.clear_caches()
@@ -550,9 +479,9 @@ def main(args: argparse.Namespace) -> None:
         hf.close()
     report["elapsed_s"] = time.perf_counter() - start
     report["table_markdown"] = table(report["results"])
-    write_json(args.out, report)
+    common.write_json(args.out, report)
     print()
-    print(f"Device: {report['device']['jax']} (torch: {report['device']['torch']}); "
+    print(f"Device: {report['device']['kind']} (torch: {report['device']['torch']}); "
           f"HBM {bw['copy_gbps']:.0f} GB/s copy, {bw['read_gbps']:.0f} GB/s read; "
           f"prompt {p_len}, new {n_new}; {report['date']}")
     print(report["table_markdown"], flush=True)

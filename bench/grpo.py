@@ -1,13 +1,20 @@
-"""GPU figures of the GRPO recipe at a real model size: SFT from scratch, then GRPO steps.
+r"""GPU figures of the GRPO recipe at a real model size: SFT from scratch, then GRPO steps.
 
-    python bench/grpo.py --preset qwen2_0p5b --task arithmetic --out-dir OUT
+    python -m bench.grpo --preset qwen2_0p5b --task arithmetic --out-dir OUT
 
-The recipe is the main job's (`configs/grpo.py`, `jaxrl/rl/train.py`): a random-init policy
-of the preset's shape learns an embedded task by SFT on reference solutions, then takes GRPO
-steps with the split (three-jit) step, which times each phase. The model keeps the
-preset's real vocabulary (151,936 for Qwen2.5) so that the embedding, the unembedding and
-the sampler cost what they cost on a real checkpoint; the character tokenizer uses its
-first ids, and the task checkers ignore any id outside them.
+The recipe is the training job's: `configs/grpo.py` with this script's sizes as overrides
+(`make_config`), built by `jaxrl.jobs.train.build` (model, prompt source, reward, state,
+the jitted SFT step), and GRPO steps of `jaxrl.rl.grpo.make_step` split in three jits
+(`rl.split_phases`), which times each phase. A random-init policy of the preset's shape
+learns an embedded task by SFT on reference solutions, then takes GRPO steps on fresh
+problems. The model keeps the preset's real vocabulary (151,936 for Qwen2.5) so that the
+embedding, the unembedding and the sampler cost what they cost on a real checkpoint; the
+character tokenizer uses its first ids, and the task checkers ignore any id outside them.
+Old log-probs come from the sampler (`--old-logprobs`; the config's default recomputes
+them with one more forward), as when BENCHMARKS.md's figures were measured.
+
+Needs ml-collections (the configs are ml-collections files), which the GPU image lacks:
+bench/__init__.py says how to carry it there.
 
 Numerics: float32 params and AdamW state, bfloat16 activations (`--param-dtype`,
 `--dtype`); logits, softmax and losses are float32 in the model code.
@@ -35,24 +42,18 @@ nothing in the library changes and the reward phase gains one [B] int32 output.
 written (the JSON is rewritten after each phase, so a killed run keeps what it had).
 
 Local smoke test (CPU):
-    python bench/grpo.py --preset tiny --sft-steps 2 --rl-steps 2 --num-prompts 2 \
+    python -m bench.grpo --preset tiny --sft-steps 2 --rl-steps 2 --num-prompts 2 \
         --num-generations 4 --num-minibatches 2 --eval-problems 8 --out-dir /tmp/grpo_bench
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
-import json
 import os
-import platform
-import shlex
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+from bench import common
+from jaxrl.models.config import PRESETS
 
 T_START = time.perf_counter()
 
@@ -68,7 +69,7 @@ def log(msg: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="qwen2_0p5b", help="a jaxrl.models.config preset")
+    p.add_argument("--preset", default="qwen2_0p5b", choices=sorted(PRESETS))
     p.add_argument("--task", default="arithmetic", choices=("arithmetic", "countdown", "sort"))
     p.add_argument("--difficulty", type=int, default=0)
     p.add_argument("--vocab-size", type=int, default=-1,
@@ -95,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-epochs", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=0, help="0: the task's budget")
     p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--old-logprobs", default="sampler", choices=("sampler", "recompute"),
+                   help="config.rl.old_logprobs; BENCHMARKS.md's figures used sampler")
     p.add_argument("--eval-problems", type=int, default=256, help="0: no evaluation")
     p.add_argument("--peak-tflops", type=float, default=0.0,
                    help="dense bf16 peak for MFU; 0: by device kind (none on unknown devices)")
@@ -103,53 +106,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default="grpo_bench")
     args = p.parse_args(argv)
-    for name in ("sft_batch", "rl_steps", "num_prompts", "num_minibatches", "num_epochs"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= 1")
-    if args.sft_steps < 0 or args.max_new_tokens < 0 or args.eval_problems < 0:
-        raise SystemExit("--sft-steps, --max-new-tokens and --eval-problems must be >= 0")
-    if args.num_generations < 2:
-        raise SystemExit(f"--num-generations={args.num_generations}: must be >= 2 "
-                         "(group advantages)")
-    if (args.num_prompts * args.num_generations) % args.num_minibatches:
-        raise SystemExit(f"--num-minibatches={args.num_minibatches} must divide num_prompts * "
-                         f"num_generations = {args.num_prompts * args.num_generations}")
+    # The RL fields are checked by the typed config (config.rl.*); these have no config field.
+    if args.eval_problems < 0:
+        raise SystemExit(f"--eval-problems={args.eval_problems}: must be >= 0")
     return args
 
 
-class Node(dict):
-    """A config node read by attribute or by key, as `train.build` and `grpo.make_step` read
-    an ml_collections ConfigDict (not installed where this benchmark runs)."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"config has no field {name!r}") from None
-
-
-def make_config(args, vocab_size: int) -> Node:
-    """configs/grpo.py's recipe, with this benchmark's sizes."""
-    return Node(
-        seed=args.seed,
-        data=Node(source="embedded"),
-        task=Node(name=args.task, difficulty=args.difficulty, max_steps=0, train_pool=0),
-        rollout=Node(speculative=False, attention_impl="reference"),
-        model=Node(preset=args.preset, path="", dtype=args.dtype, param_dtype=args.param_dtype,
-                   vocab_size=vocab_size),
-        optim=Node(warmup_steps=args.warmup_steps, weight_decay=0.0, b1=0.9, b2=0.99,
-                   grad_clip=1.0),
-        sft=Node(steps=args.sft_steps, batch_size=args.sft_batch, learning_rate=args.sft_lr),
-        rl=Node(steps=args.rl_steps, learning_rate=args.rl_lr, num_prompts=args.num_prompts,
-                num_generations=args.num_generations, max_new_tokens=args.max_new_tokens,
-                temperature=1.0, top_k=0, top_p=1.0, advantage="grpo", clip_low=0.2,
-                clip_high=0.28, dual_clip=0.0, loss_agg="token-mean", kl_coef=0.0,
-                kl_estimator="k3", num_minibatches=args.num_minibatches,
-                num_epochs=args.num_epochs, old_logprobs="sampler", dynamic_sampling=True,
-                overlong_filter=False, format_coef=0.0, split_phases=True),
-        eval=Node(num_problems=max(args.eval_problems, 1)),
-        mesh=Node(data=-1, fsdp=1, tensor=1),
-    )
+def make_config(args, vocab_size: int):
+    """configs/grpo.py with this benchmark's sizes: fresh problems every step (no pool), the
+    step split in three timed jits."""
+    arg = (f"task={args.task},difficulty={args.difficulty},model={args.preset},"
+           f"sft_steps={args.sft_steps},rl_steps={args.rl_steps}")
+    return common.train_config(arg, {
+        "seed": args.seed, "task.train_pool": 0,
+        "model.vocab_size": vocab_size, "model.dtype": args.dtype,
+        "model.param_dtype": args.param_dtype, "optim.warmup_steps": args.warmup_steps,
+        "sft.batch_size": args.sft_batch, "sft.learning_rate": args.sft_lr,
+        "rl.learning_rate": args.rl_lr, "rl.num_prompts": args.num_prompts,
+        "rl.num_generations": args.num_generations, "rl.max_new_tokens": args.max_new_tokens,
+        "rl.num_minibatches": args.num_minibatches, "rl.num_epochs": args.num_epochs,
+        "rl.old_logprobs": args.old_logprobs, "rl.split_phases": True,
+        "eval.num_problems": max(args.eval_problems, 1)})
 
 
 class LengthsReward:
@@ -203,20 +180,6 @@ def peak_flops(kind: str, override_tflops: float) -> tuple[float | None, str]:
     return None, f"unknown device {kind!r}: no MFU (pass --peak-tflops)"
 
 
-def _version(pkg: str) -> str | None:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def write_json(path: str, report: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
@@ -257,57 +220,43 @@ def plot_lengths(path: str, lengths_per_step: list, reference: list, budget: int
 def main(args: argparse.Namespace) -> None:
     import jax
     import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec
 
     from jaxrl import sharding
-    from jaxrl.models.config import PRESETS
-    from jaxrl.rl import grpo, train
+    from jaxrl.jobs import train
+    from jaxrl.rl import grpo
     from jaxrl.tasks import batches
     from jaxrl.tasks.base import TOKENIZER
 
-    if args.preset not in PRESETS:
-        raise SystemExit(f"--preset={args.preset!r}; valid: {sorted(PRESETS)}")
     vocab = PRESETS[args.preset].vocab_size if args.vocab_size < 0 else args.vocab_size
     if vocab and vocab < TOKENIZER.vocab_size:
         raise SystemExit(f"--vocab-size={vocab}: must be 0 or >= the tokenizer's "
                          f"{TOKENIZER.vocab_size}")
-    os.makedirs(args.out_dir, exist_ok=True)
     json_path = os.path.join(args.out_dir, "grpo_bench.json")
     png_path = os.path.join(args.out_dir, "rollout_lengths.png")
     budget = args.time_budget_s or float("inf")
     elapsed = lambda: time.perf_counter() - T_START  # noqa: E731
 
     config = make_config(args, vocab)
-    dev = jax.devices()[0]
-    peak, peak_note = peak_flops(dev.device_kind, args.peak_tflops)
-    log(f"device {dev.device_kind} ({dev.platform}), {jax.device_count()} device(s); MFU peak: "
-        f"{peak_note}")
+    info = common.run_info("grpo", sys.argv[1:])
+    peak, peak_note = peak_flops(info["device"]["kind"], args.peak_tflops)
+    log(f"device {info['device']['kind']} ({info['device']['platform']}), "
+        f"{info['device']['count']} device(s); MFU peak: {peak_note}")
 
-    mesh = sharding.make_mesh(config.mesh)
-    model, source, state, steps = train.build(config, mesh)
+    built = train.build(config, sharding.make_mesh(config.mesh))
+    model, source, state = built.model, built.source, built.state
     cfg, task = model.cfg, source.task
     n_new, prompt_len, solution_len = source.max_new_tokens, source.prompt_len, source.solution_len
-    rl_step = grpo.make_step(model, config.rl, LengthsReward(source.reward),
-                             max_new_tokens=n_new, stop_tokens=tuple(TOKENIZER.eos_ids),
-                             pad_id=TOKENIZER.pad_id, split=True)
-    # On one device `sharding.replicate_rest` keeps the uncommitted scalars (step, rng) as they
-    # are; the first step returns them committed, so the second step would compile again.
-    replicated = NamedSharding(mesh, PartitionSpec())
-    state = jax.tree.map(lambda x: x if x.committed else jax.device_put(x, replicated), state)
+    tok = source.tokenizer
+    rl_step = grpo.make_step(model, config.rl, config.rollout, LengthsReward(built.reward),
+                             max_new_tokens=n_new, stop_tokens=tuple(tok.eos_ids),
+                             pad_id=tok.pad_id)
     jax.block_until_ready(state)
     log(f"{args.preset}: {cfg.num_params() / 1e6:.1f}M params (vocab {cfg.vocab_size}), params "
         f"{cfg.param_dtype}, activations {cfg.dtype}; task {args.task} d{args.difficulty}: "
         f"prompt_len {prompt_len}, max_new_tokens {n_new}; built in {elapsed():.1f}s")
 
     report = {
-        "command": shlex.join([sys.executable] + sys.argv),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "device": {"kind": dev.device_kind, "platform": dev.platform,
-                   "count": jax.device_count()},
-        "versions": {"python": platform.python_version(), "jax": jax.__version__,
-                     "jaxlib": _version("jaxlib"), "flax": _version("flax"),
-                     "optax": _version("optax")},
+        **info,
         "settings": vars(args),
         "model": {"preset": args.preset, "num_params": cfg.num_params(),
                   "vocab_size": cfg.vocab_size, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype},
@@ -325,13 +274,13 @@ def main(args: argparse.Namespace) -> None:
         },
         "eval_accuracy": {}, "sft": {"steps": []}, "rl": {"steps": []},
     }
-    write_json(json_path, report)
+    common.write_json(json_path, report)
 
     def evaluate(name):
         if not args.eval_problems:
             return
         t0 = time.perf_counter()
-        acc = source.evaluate(model, state.params)
+        acc = train.evaluate(built, state.params, temperature=0.0)
         report["eval_accuracy"][name] = acc
         log(f"held-out greedy accuracy {name}: {acc:.3f} ({args.eval_problems} problems, "
             f"{time.perf_counter() - t0:.1f}s incl. any compile)")
@@ -339,24 +288,9 @@ def main(args: argparse.Namespace) -> None:
     # ---- SFT ----
     sft_rows = report["sft"]["steps"]
     compiles = CompileClock()
-    step = 0
-    while step < args.sft_steps:
-        if elapsed() > budget / 2:
-            log(f"time budget: SFT stopped after {step} of {args.sft_steps} steps; the learning "
-                "rate schedule still counts the configured SFT steps")
-            report["sft"]["cut_short"] = True
-            break
-        problems = batches.train_problems(task, args.seed, step, args.sft_batch)
-        n_sol = (batches.bucket_len(problems, solution_len) if args.sft_pad == "bucket"
-                 else solution_len)
-        b = batches.encode(problems, prompt_len, n_sol)
-        compiles.take()
-        t0 = time.perf_counter()
-        state, m = steps["sft"](state, b.prompts_PL, b.prompt_lengths_P, b.solutions_PN,
-                                b.solution_lengths_P)
-        m = jax.device_get(m)
-        seconds = time.perf_counter() - t0
-        step += 1
+    for step, b, state, m, seconds in common.sft_steps(
+            built, args.sft_steps, args.sft_batch, None if args.sft_pad == "full" else 16):
+        n_sol = b.solutions_PN.shape[1]
         real_t = b.prompt_lengths_P.astype(np.float64) + b.solution_lengths_P
         sft_rows.append({
             "step": step, "seconds": seconds, "compile_s": compiles.take(),
@@ -375,6 +309,11 @@ def main(args: argparse.Namespace) -> None:
             log(f"SFT step {step}/{args.sft_steps}: loss {m['sft_loss']:.4f}, token acc "
                 f"{m['token_accuracy']:.3f}, {seconds:.3f}s"
                 + (" (compiles)" if sft_rows[-1]["compile_s"] else ""))
+        if step < args.sft_steps and elapsed() > budget / 2:
+            log(f"time budget: SFT stopped after {step} of {args.sft_steps} steps; the learning "
+                "rate schedule still counts the configured SFT steps")
+            report["sft"]["cut_short"] = True
+            break
     timed = [r for r in sft_rows if not r["compile_s"]]
     if timed:
         secs = sum(r["seconds"] for r in timed)
@@ -387,7 +326,7 @@ def main(args: argparse.Namespace) -> None:
             "compile_steps_s": [r["seconds"] for r in sft_rows if r["compile_s"]],
             "final_loss": sft_rows[-1]["loss"]}
     evaluate("after_sft")
-    write_json(json_path, report)
+    common.write_json(json_path, report)
 
     # ---- GRPO ----
     rl_rows, lengths_per_step, reference = report["rl"]["steps"], [], []
@@ -397,18 +336,17 @@ def main(args: argparse.Namespace) -> None:
             log(f"time budget: GRPO stopped after {i} of {args.rl_steps} steps")
             report["rl"]["cut_short"] = True
             break
-        problems = batches.train_problems(task, args.seed, args.sft_steps + i, args.num_prompts)
-        b = batches.encode(problems, prompt_len, solution_len)
+        batch = source.rl_batch(args.sft_steps + i, args.num_prompts)
         compiles.take()
         t0 = time.perf_counter()
-        ids_P = (args.sft_steps + i) * args.num_prompts + np.arange(args.num_prompts, dtype=np.int32)
-        state, m = rl_step(state, b.prompts_PL, b.prompt_lengths_P, b.targets_PT, ids_P)
+        state, m = rl_step(state, *batch)
         m = jax.device_get(m)
         seconds = time.perf_counter() - t0
         lengths = np.asarray(m.pop("response_lengths"), np.int64)
         lengths_per_step.append(lengths)
-        reference += [len(p.solution) + 1 for p in problems]
-        plen_B = np.repeat(b.prompt_lengths_P, args.num_generations).astype(np.float64)
+        reference += [len(p.solution) + 1 for p in batches.train_problems(
+            task, args.seed, args.sft_steps + i, args.num_prompts)]
+        plen_B = np.repeat(batch[1], args.num_generations).astype(np.float64)
         real_t = plen_B + lengths
         e = args.num_epochs
         row = {"step": i + 1, "seconds": seconds, "compile_s": compiles.take(),
@@ -458,19 +396,18 @@ def main(args: argparse.Namespace) -> None:
                                   "truncated_frac": _mean([r["truncated_frac"] for r in rl_rows])},
         }
     evaluate("after_rl")
-    stats = dev.memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        report["peak_memory_gib"] = stats["peak_bytes_in_use"] / 2**30
+    if common.peak_memory_gib() is not None:
+        report["peak_memory_gib"] = common.peak_memory_gib()
     if lengths_per_step:
         plot_lengths(png_path, lengths_per_step, reference, n_new,
                      f"{args.preset} (vocab {cfg.vocab_size}) on {args.task} d{args.difficulty}: "
                      f"{args.num_prompts} prompts x {args.num_generations}, temperature 1, after "
-                     f"{len(sft_rows)} SFT steps; {dev.device_kind}, "
+                     f"{len(sft_rows)} SFT steps; {info['device']['kind']}, "
                      f"{report['date'][:10]}")
         report["histogram"] = os.path.basename(png_path)
         log(f"wrote {png_path}")
     report["total_s"] = elapsed()
-    write_json(json_path, report)
+    common.write_json(json_path, report)
     log(f"wrote {json_path}")
     print(tables(report), flush=True)
 

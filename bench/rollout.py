@@ -1,47 +1,45 @@
-"""DAS rollout benchmark: plain vs speculative GRPO rollouts at equal outputs.
+r"""DAS rollout benchmark: plain vs speculative GRPO rollouts at equal outputs.
 
-    python bench/rollout.py --out-dir rollout_bench            # on a GPU
-    python bench/rollout.py --preset tiny --sft-steps 5 ...    # a CPU smoke run
+    python -m bench.rollout --out-dir rollout_bench            # on a GPU
+    python -m bench.rollout --preset tiny --sft-steps 5 ...    # a CPU smoke run
 
-A policy is SFT-trained on an embedded task with long-tailed solution lengths (sort
-traces by default), then GRPO runs on a fixed pool of prompts. The first `--warm-steps`
-steps fill the rollout history; each measured step then rolls out the same state with
-plain decoding, with compacted plain decoding (no drafts, finished rows compacted as DAS
-compacts them: what DAS gains over it is speculation's share) and with DAS (and its
-ablations), checks that the tokens are equal, and times each; the plain rollout feeds the
-GRPO update, so the policy drifts as in training. `--layers` deepens the preset, for a
-policy whose decode step costs more than the drafting does.
+The training job's recipe: `configs/grpo.py` with this script's settings as overrides,
+built by `jaxrl.jobs.train.build` (model, prompt pool, reward, state with the DAS history)
+and SFT-trained by the job's SFT step on an embedded task with long-tailed solution
+lengths (sort traces by default); then GRPO steps of `jaxrl.rl.grpo.make_step` on a fixed
+pool of prompts, all of them every step. The first `--warm-steps` steps fill the rollout
+history; each measured step then rolls out the same state with plain decoding, with
+compacted plain decoding (no drafts, finished rows compacted as DAS compacts them: what
+DAS gains over it is speculation's share) and with DAS (and its ablations), checks that
+the tokens are equal, and times each; the GRPO step then rolls out with plain decoding
+(the same tokens again) and updates, so the policy drifts as in training. Old log-probs
+come from the sampler, as when BENCHMARKS.md's figures were measured. `--layers` deepens
+the preset, for a policy whose decode step costs more than the drafting does.
 
 Writes `rollout.json` (per step and summary), `rollout.md` (the table for BENCHMARKS.md)
 and `active_rows.png` (live rows per decode pass, plain vs DAS) to `--out-dir`.
+
+Needs ml-collections (the configs are ml-collections files), which the GPU image lacks:
+bench/__init__.py says how to carry it there.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import os
 import sys
-import time
-from types import SimpleNamespace
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from jaxrl.models.config import preset  # noqa: E402
-from jaxrl.models.decoder import Decoder, init_params  # noqa: E402
-from jaxrl.rl import grpo, state as state_lib  # noqa: E402
-from jaxrl.rl.rewards import TaskReward  # noqa: E402
-from jaxrl.rl.sft import make_sft_step  # noqa: E402
-from jaxrl.rollout import drafter, policy  # noqa: E402
-from jaxrl.rollout.speculative import SpecConfig  # noqa: E402
-from jaxrl.tasks import batches, get_task  # noqa: E402
-from jaxrl.tasks.base import EOS_ID, TOKENIZER  # noqa: E402
+from bench import common
+from jaxrl import sharding
+from jaxrl.jobs import train
+from jaxrl.models.config import PRESETS
+from jaxrl.models.decoder import Decoder
+from jaxrl.rl import grpo
+from jaxrl.rollout import das, drafter, policy
 
 
 def parse_args(argv):
@@ -62,7 +60,8 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each rollout per step")
     p.add_argument("--ablations", default="no_length_aware,no_compaction,window_1,window_16",
                    help="comma list; '' for none")
-    p.add_argument("--widths", default="0,4,8,16", help="verification widths (one compile each)")
+    p.add_argument("--widths", type=common.csv(int), default=[0, 4, 8, 16],
+                   help="verification widths (one compile each)")
     p.add_argument("--min-bucket", type=int, default=8)
     p.add_argument("--fit-cost-model", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -70,24 +69,40 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def variants(args) -> dict[str, tuple[SpecConfig, int]]:
-    """name -> (spec, window). The default DAS settings are configs/grpo.py's."""
-    base = SpecConfig(widths=tuple(int(w) for w in args.widths.split(",")),
-                      min_bucket=args.min_bucket)
+def make_config(args) -> train.TrainConfig:
+    """configs/grpo.py with DAS on, this benchmark's pool, sizes and rates, and old
+    log-probs from the sampler; the cost model is fitted here, over every variant's widths."""
+    model = args.preset
+    if args.layers:  # the loader builds presets by name: register the deeper one
+        model = f"{args.preset}_{args.layers}_layers"
+        PRESETS[model] = PRESETS[args.preset].replace(num_layers=args.layers)
+    arg = (f"task={args.task},difficulty={args.difficulty},model={model},speculative=True,"
+           f"sft_steps={args.sft_steps},rl_steps={args.warm_steps + args.steps}")
+    return common.train_config(arg, {
+        "seed": args.seed, "task.train_pool": args.pool, "model.dtype": args.dtype,
+        "sft.batch_size": args.sft_batch, "sft.learning_rate": args.sft_lr,
+        "rl.learning_rate": args.rl_lr, "rl.num_prompts": args.pool,
+        "rl.num_generations": args.num_generations, "rl.old_logprobs": "sampler",
+        "rollout.widths": tuple(args.widths),
+        "rollout.min_bucket": args.min_bucket, "rollout.fit_cost_model": False,
+        "eval.num_problems": 1})
+
+
+def variants(args, base: das.RolloutConfig) -> dict[str, das.RolloutConfig]:
+    """name -> the rollout config of each variant; `base` (DAS as configured) is `das`."""
     # Compacted plain decoding: no drafts, finished rows compacted as DAS does, so that
     # DAS's gain over it is speculation's alone.
-    out = {"plain_compacted": (dataclasses.replace(base, widths=(0,)), 4), "das": (base, 4)}
-    table = {"min_prob_0": (dataclasses.replace(base, min_token_prob=0.0), 4),
+    out = {"plain_compacted": base.replace(widths=(0,)), "das": base}
+    table = {"min_prob_0": base.replace(min_token_prob=0.0),
              # Drafts reach 32 tokens only if spec_factor * max_match allows it.
-             "drafts_32": (dataclasses.replace(base, widths=base.widths + (32,),
-                                               spec_factor=2.0), 4),
-             "no_length_aware": (dataclasses.replace(base, length_aware=False), 4),
-             "no_compaction": (dataclasses.replace(base, compaction=False), 4),
-             "window_1": (base, 1), "window_16": (base, 16),
+             "drafts_32": base.replace(widths=base.widths + (32,), spec_factor=2.0),
+             "no_length_aware": base.replace(length_aware=False),
+             "no_compaction": base.replace(compaction=False),
+             "window_1": base.replace(window=1), "window_16": base.replace(window=16),
              # The kernels (kernels/): DAS with the XLA verification instead of the Pallas
              # one, and with the Pallas ragged attention in the cached passes.
-             "xla_verify": (dataclasses.replace(base, verify_impl="reference"), 4),
-             "pallas_attention": (base, 4)}
+             "xla_verify": base.replace(verify_impl="reference"),
+             "pallas_attention": base.replace(attention_impl="pallas")}
     for name in filter(None, args.ablations.split(",")):
         if name not in table:
             raise SystemExit(f"--ablations: unknown {name!r}; valid: {sorted(table)}")
@@ -102,82 +117,55 @@ def window_view(history: drafter.History, window: int, group: int) -> drafter.Hi
 
 
 def timed(fn, repeats):
-    out = jax.block_until_ready(fn())  # compile (or warm) outside the timing
-    times = [float("nan")]
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return out, float(np.nanmin(times)) if repeats else float("nan")
+    """`fn()`'s output and the best of `repeats` timed calls after it (nan for 0)."""
+    out = jax.block_until_ready(fn())  # compiles (or warms) outside the timing
+    return out, min(common.time_calls(fn, repeats, warmup=0)) if repeats else float("nan")
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    os.makedirs(args.out_dir, exist_ok=True)
     log = lambda *a: print(*a, flush=True)  # noqa: E731
-    task = get_task(args.task, args.difficulty, None)
-    prompt_len, solution_len = batches.budgets(task)
-    n, g = solution_len, args.num_generations
-    cfg = preset(args.preset, vocab_size=TOKENIZER.vocab_size, dtype=args.dtype,
-                 param_dtype="float32")
-    if args.layers:
-        cfg = cfg.replace(num_layers=args.layers)
-    model = Decoder(cfg)
-    opt = SimpleNamespace(weight_decay=0.0, b1=0.9, b2=0.99, grad_clip=1.0)
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, args.sft_lr, 20),
-                                     optax.constant_schedule(args.sft_lr),
-                                     optax.constant_schedule(args.rl_lr)],
-                                    [20, max(args.sft_steps, 21)])
-    history = drafter.init_history(args.pool, 16, g, n)
-    state = state_lib.create(init_params(cfg, jax.random.key(args.seed)),
-                             state_lib.make_optimizer(opt, schedule), args.seed, False, history)
-    report = {"device": jax.devices()[0].device_kind, "date": datetime.date.today().isoformat(),
-              "command": "python bench/rollout.py " + " ".join(argv or sys.argv[1:]),
-              "args": vars(args), "params": cfg.num_params(), "steps": []}
+    config = make_config(args)
+    vs = variants(args, config.rollout)
+    # One history, kept with the largest window a variant views (`window_view`).
+    config = dataclasses.replace(config, rollout=config.rollout.replace(
+        window=max(v.window for v in vs.values())))
+    mesh = sharding.make_mesh(config.mesh)
+    built = train.build(config, mesh)
+    model, source, state = built.model, built.source, built.state
+    n, g = source.max_new_tokens, args.num_generations
+    report = {**common.run_info("rollout", argv), "args": vars(args),
+              "params": model.cfg.num_params(), "steps": []}
 
-    t0 = time.perf_counter()
-    sft = make_sft_step(model)
-    for s in range(args.sft_steps):
-        problems = batches.train_problems(task, args.seed, s, args.sft_batch)
-        b = batches.encode(problems, prompt_len, batches.bucket_len(problems, solution_len, 128))
-        state, m = sft(state, b.prompts_PL, b.prompt_lengths_P, b.solutions_PN, b.solution_lengths_P)
-        if (s + 1) % 100 == 0 or s + 1 == args.sft_steps:
-            log(f"sft {s + 1}/{args.sft_steps}: loss {float(m['sft_loss']):.3f} "
-                f"token acc {float(m['token_accuracy']):.3f} ({time.perf_counter() - t0:.0f}s)")
+    for step, _, state, m, seconds in common.sft_steps(built, args.sft_steps, args.sft_batch,
+                                                       pad_multiple=128):
+        if step % 100 == 0 or step == args.sft_steps:
+            log(f"sft {step}/{args.sft_steps}: loss {float(m['sft_loss']):.3f} "
+                f"token acc {float(m['token_accuracy']):.3f}")
 
-    rl = SimpleNamespace(num_generations=g, temperature=1.0, top_k=0, top_p=1.0, advantage="grpo",
-                         clip_low=0.2, clip_high=0.28, dual_clip=0.0, loss_agg="token-mean",
-                         kl_coef=0.0, kl_estimator="k3", num_minibatches=2, num_epochs=1,
-                         old_logprobs="sampler", dynamic_sampling=True, overlong_filter=False)
-    kw = dict(max_new_tokens=n, stop_tokens=(EOS_ID,), pad_id=TOKENIZER.pad_id)
-    reward = TaskReward(task, 0.0)
-    plain_jit = jax.jit(lambda st, p, l, i: grpo.rollout_phase(model, rl, st, p, l, i, **kw)[0])
-    vs = variants(args)
+    kw = dict(max_new_tokens=n, stop_tokens=tuple(source.tokenizer.eos_ids),
+              pad_id=source.tokenizer.pad_id)
+    plain_cfg = config.rollout.replace(speculative=False)
+    # The job's GRPO step, rolling out with plain decoding: the update the timed rollouts
+    # share (the history it records feeds the DAS variants).
+    train_step = grpo.make_step(model, config.rl, plain_cfg, built.reward, **kw)
+    plain_jit = jax.jit(lambda st, p, l, i: grpo.rollout_phase(
+        model, config.rl, plain_cfg, st, p, l, i, **kw)[0])
     if args.fit_cost_model:
-        from jaxrl.rl.train import verification_timer
-        from jaxrl import sharding
-        mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
         rows = args.pool * g
-        c_base, c_tok = policy.measure_cost_model(
-            verification_timer(model, rows, mesh), (rows, max(rows // 8, 1)),
-            tuple(sorted({w for spec, _ in vs.values() for w in spec.widths})))
+        c_base, c_tok = policy.fitted_cost_model(
+            model, mesh, rows, tuple(sorted({w for v in vs.values() for w in v.widths})), None)
         report["cost_model"] = {"c_base_s": c_base, "c_tok_s": c_tok}
         log(f"cost model: {1e3 * c_base:.3f} ms + {1e6 * c_tok:.3f} us/token")
-        vs = {k: (dataclasses.replace(s, cost_base=c_base, cost_per_token=c_tok), w)
-              for k, (s, w) in vs.items()}
-    models = {name: Decoder(cfg, attention_impl="pallas" if name == "pallas_attention"
-                            else "reference") for name in vs}
-    spec_jits = {name: jax.jit(lambda st, p, l, i, spec=spec, m=models[name]: grpo.rollout_phase(
-        m, rl, st, p, l, i, spec=spec, **kw)) for name, (spec, _) in vs.items()}
-    update_jit = jax.jit(lambda st, p, l, i, out, r: grpo.update_phase(model, rl, st, p, l, i, out, r))
-    reward_jit = jax.jit(lambda out, t: reward(out.tokens_BN, out.lengths_B, out.finished_B,
-                                               grpo.repeat_groups(t, g)))
-    pool = batches.train_pool(task, args.seed, args.pool)
+        vs = {k: v.replace(cost_base=c_base, cost_per_token=c_tok) for k, v in vs.items()}
+    spec_jits = {name: jax.jit(lambda st, p, l, i, v=v, m=Decoder(
+        model.cfg, attention_impl=v.attention_impl): grpo.rollout_phase(
+            m, config.rl, v, st, p, l, i, **kw)) for name, v in vs.items()}
     profiles = {}
     for step in range(args.warm_steps + args.steps):
-        ids_P = batches.epoch_indices(args.seed, step, args.pool, args.pool).astype(np.int32)
-        b = batches.encode([pool[i] for i in ids_P], prompt_len, solution_len)
-        inputs = (jnp.asarray(b.prompts_PL), jnp.asarray(b.prompt_lengths_P), jnp.asarray(ids_P))
+        batch = source.rl_batch(step, args.pool)
+        inputs = (jnp.asarray(batch[0]), jnp.asarray(batch[1]), jnp.asarray(batch[3]))
         measured = step >= args.warm_steps
         plain, plain_s = timed(lambda: plain_jit(state, *inputs), args.repeats if measured else 0)
         row = {"step": step, "plain_s": plain_s,
@@ -186,11 +174,11 @@ def main(argv=None):
         if measured:
             lengths = np.asarray(plain.lengths_B)
             profiles["plain"] = [int((lengths > i + 1).sum()) for i in range(int(lengths.max()) - 1)]
-            for name, (spec, window) in vs.items():
-                st = state.replace(history=window_view(state.history, window, g))
+            for name, v in vs.items():
+                st = state.replace(history=window_view(state.history, v.window, g))
                 (out, stats), secs = timed(lambda: spec_jits[name](st, *inputs), args.repeats)
                 same_rows = np.all(np.asarray(out.tokens_BN) == np.asarray(plain.tokens_BN), axis=1)
-                m = jax.device_get(grpo.spec_metrics(stats, out.lengths_B))
+                m = jax.device_get(das.metrics(stats, out.lengths_B))
                 row[name] = {"s": secs, "speedup": plain_s / secs,
                              "rows_identical": float(same_rows.mean()),
                              "tokens_identical": float(np.mean(np.asarray(out.tokens_BN)
@@ -203,8 +191,7 @@ def main(argv=None):
                     f"acceptance {row[name]['acceptance']:.2f}, rows identical "
                     f"{row[name]['rows_identical']:.3f}")
         report["steps"].append(row)
-        rewards, _ = reward_jit(plain, jnp.asarray(b.targets_PT))
-        state, m = update_jit(state, *inputs, plain, rewards)
+        state, m = train_step(state, *batch)
         log(f"step {step}: reward {float(m['reward']):.3f}, mean length "
             f"{float(m['response_length/mean']):.1f}, max {row['max_len']}")
 
@@ -219,9 +206,8 @@ def main(argv=None):
                                       "plain_passes", "rows_identical", "acceptance_short",
                                       "acceptance_medium", "acceptance_long")}}
     report["summary"] = summary
-    with open(os.path.join(args.out_dir, "rollout.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    lines = [f"{report['device']}, {report['date']}, `{report['command']}`", "",
+    common.write_json(os.path.join(args.out_dir, "rollout.json"), report)
+    lines = [common.heading(report), "",
              f"Policy: {report['params'] / 1e6:.1f}M params ({args.preset}"
              f"{f', {args.layers} layers' if args.layers else ''}).", "",
              "| variant | rollout s (sum of steps) | speedup vs plain | vs compacted plain | "

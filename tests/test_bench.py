@@ -10,16 +10,17 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_bench(script, *args):
+def run_bench(name, *args):
+    """`python -m bench.<name> args` from the repository root, as BENCHMARKS.md runs it."""
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], env=env,
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
 def test_rollout_bench_variants_reproduce_plain_decoding(tmp_path):
-    run_bench("rollout.py", "--preset", "tiny", "--dtype", "float32", "--sft-steps", "2",
+    run_bench("rollout", "--preset", "tiny", "--dtype", "float32", "--sft-steps", "2",
               "--warm-steps", "1", "--steps", "1", "--pool", "2", "--num-generations", "4",
               "--repeats", "1", "--ablations", "no_compaction", "--fit-cost-model", "0",
               "--out-dir", str(tmp_path))
@@ -34,7 +35,7 @@ def test_rollout_bench_variants_reproduce_plain_decoding(tmp_path):
 
 
 def test_das_pass_bench_times_every_piece(tmp_path):
-    run_bench("das_pass.py", "--preset", "tiny", "--rows", "8", "--iters", "1",
+    run_bench("das_pass", "--preset", "tiny", "--rows", "8", "--iters", "1",
               "--max-new-tokens", "24", "--prompt-len", "8", "--context", "16", "--widths", "2",
               "--out-dir", str(tmp_path))
     (row,) = json.loads((tmp_path / "das_pass.json").read_text())["results"]

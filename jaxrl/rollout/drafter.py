@@ -39,7 +39,7 @@ class Draft:
     match_B: jax.Array  # int32 length of the matched suffix (0 = no match)
 
 
-def _match_lengths(context_BM: jax.Array, corpus_BX: jax.Array) -> jax.Array:
+def match_lengths(context_BM: jax.Array, corpus_BX: jax.Array) -> jax.Array:
     """ml_BX[b, c]: the longest common suffix of the context and `corpus[:c]` (<= M)."""
     m = context_BM.shape[1]
     run_BX = jnp.ones(corpus_BX.shape, bool)
@@ -51,7 +51,7 @@ def _match_lengths(context_BM: jax.Array, corpus_BX: jax.Array) -> jax.Array:
     return ml_BX
 
 
-def _first_positions(mask_BX: jax.Array, q: int) -> jax.Array:
+def first_positions(mask_BX: jax.Array, q: int) -> jax.Array:
     """The first `q` positions where `mask_BX` holds, in order; -1 where fewer. By rank
     (a running count, one scan on a GPU) and a scatter: a top-k over a corpus row would sort
     it, which cost more than the rest of the draft (bench/das_pass.py)."""
@@ -75,11 +75,11 @@ def draft(context_BM: jax.Array, corpus_PX: jax.Array, group_B: jax.Array, budge
     pass cannot afford many small kernels."""
     corpus_BX = corpus_PX[group_B]
     b, x = corpus_BX.shape
-    ml_BX = _match_lengths(context_BM, corpus_BX)
+    ml_BX = match_lengths(context_BM, corpus_BX)
     has_next_BX = corpus_BX >= 0
     match_B = jnp.max(jnp.where(has_next_BX, ml_BX, 0), axis=1)
     candidates_BX = has_next_BX & (ml_BX == match_B[:, None]) & (match_B[:, None] > 0)
-    pos_BQ = _first_positions(candidates_BX, max_candidates)
+    pos_BQ = first_positions(candidates_BX, max_candidates)
     limit_B = jnp.minimum(jnp.minimum(budget_B, max_draft),
                           jnp.floor(spec_factor * match_B).astype(jnp.int32))
     # cont_BQD[b, q, j]: the j-th token after occurrence q (-1 past the corpus end).

@@ -13,7 +13,7 @@ Triton on GPU (triton.py) or Mosaic on TPU (mosaic.py); `impl` picks (kernels/di
 
 Both kernels are checked on CPU in interpret mode against the reference and exported with
 `jax.export` for ("cuda",) and ("tpu",) (tests/kernels/test_ragged_attention.py). The
-Triton kernel has also run on an H200 against the reference (`bench/kernels_attention.py
+Triton kernel has also run on an H200 against the reference (`python -m bench.kernel_attention
 --check`, which times it too). The TPU export runs Pallas's Mosaic lowering to the `tpu`
 MLIR dialect; the Mosaic compiler itself (layout inference, the TPU backend) runs only on a
 TPU host, and nobody has run this kernel on a TPU yet, so `impl="auto"` leaves TPUs on the

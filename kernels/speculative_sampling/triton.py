@@ -15,14 +15,14 @@
   counting pass.
 
 On a GPU the kernel and the XLA reference compute the same integer hash and the same
-libdevice logs. bench/kernels.py found the same tokens at every position of every batch it
+libdevice logs. bench.kernel_sampling found the same tokens at every position of every batch it
 ran on an H200 without top-k/top-p; its top-k/top-p mismatches were a reference bug fixed
 since, not re-measured (BENCHMARKS.md).
 
 Cost on a GPU: the noise rule, not memory, bounds the Triton kernel. Per vocabulary entry
 it hashes (`kernels.sampling` counts the integer operations, which Hopper issues at half the
 float rate), converts twice, takes one exp2 and a few maxima, about 70 float-instruction
-slots, so an H200 runs it at ~30% of its HBM bandwidth on bf16 logits (bench/kernels.py).
+slots, so an H200 runs it at ~30% of its HBM bandwidth on bf16 logits (bench.kernel_sampling).
 The exact noise on every entry (two `logf`) would add some 35 more (estimated, not measured).
 """
 from __future__ import annotations

@@ -366,8 +366,21 @@ def test_first_positions_are_the_earliest_in_order(x, density):
     mask = rng.random((6, x)) < density
     mask[0, :] = False
     for q in (1, 5, 64):
-        got = np.asarray(jax.jit(drafter._first_positions, static_argnums=1)(mask, q))
+        got = np.asarray(jax.jit(drafter.first_positions, static_argnums=1)(mask, q))
         for b in range(mask.shape[0]):
             want = np.flatnonzero(mask[b])[:q]
             np.testing.assert_array_equal(got[b], np.pad(want, (0, q - len(want)),
                                                          constant_values=-1))
+
+
+def test_match_lengths_by_hand():
+    """ml[c] = the longest common suffix of the context and corpus[:c], at most M = 3;
+    worked by hand for context (5, 6, 7) on the corpus 6 7 5 6 7 | 7 | (-1 separates; the
+    context's padding -2 matches nothing)."""
+    corpus = np.array([[6, 7, 5, 6, 7, -1, 7, -1]], np.int32)
+    # corpus[:c] ends in: c=2 "6 7", c=5 "5 6 7", c=7 "7"; at every other c a mismatch.
+    want = np.array([[0, 0, 2, 0, 0, 3, 0, 1]])
+    got = drafter.match_lengths(np.array([[5, 6, 7]], np.int32), corpus)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    padded = drafter.match_lengths(np.array([[-2, 6, 7]], np.int32), corpus)
+    np.testing.assert_array_equal(np.asarray(padded), np.minimum(want, 2))

@@ -1,7 +1,7 @@
-"""Pallas kernels against their XLA references on one GPU, in the same run.
+"""The speculative-sampling Pallas kernel against its XLA reference on one GPU, in one run.
 
-    python bench/kernels.py --out results.json
-    python bench/kernels.py --sections speculative_sampling --batches 64 --positions 1,5 --reps 20
+    python -m bench.kernel_sampling --out results.json
+    python -m bench.kernel_sampling --sections speculative_sampling --batches 64 --positions 1,5 --reps 20
 
 Section `speculative_sampling` (kernels/speculative_sampling): `speculative_sample_pallas`
 (Triton) against `speculative_sample_reference` (XLA), both under `jax.jit`, on bf16 logits
@@ -9,8 +9,8 @@ Section `speculative_sampling` (kernels/speculative_sampling): `speculative_samp
 temperature 1 and no top-k/top-p for every (B, K), plus a few lines with top-p 0.9, top-k
 50 and greedy rows. Each line gives the median of `--reps` timed calls after `--warmup`
 calls, each call waited for with `block_until_ready`; the achieved bandwidth counts the
-logits' bytes read once; the fraction is of the HBM bandwidth measured in the same run (the
-larger of a jitted `x + 1` over `--bw-gib` GiB, reads plus writes, and a read-only sum); the
+logits' bytes read once; the fraction is of the HBM bandwidth measured in the same run
+(`bench.common.hbm_bandwidth` over `--bw-gib` GiB); the
 match rate is the share of the B*K tokens on which the kernel and the reference agree on
 this GPU, and "ref dropped picks" counts the positions where the reference sampled a token
 that its own top-k/top-p dropped, which +inf noise made possible before the 23-bit uniform
@@ -19,37 +19,27 @@ of kernels/sampling.py (BENCHMARKS.md): there the two differ by design. Inputs s
 
 Sections are functions `(args, hbm, emit) -> (rows, markdown)` in SECTIONS; `main` runs the ones
 named by `--sections`, prints each table and writes every row to `--out` as it finishes, so
-a killed run keeps what it measured. To add one (say, attention), write its function and
-its arguments and register it in SECTIONS.
+a killed run keeps what it measured. To add one, write its function and its arguments and
+register it in SECTIONS (the ragged attention kernel has its own script, bench.kernel_attention).
 
 Local smoke test (CPU, the kernel in interpret mode, tiny vocabulary):
-    python bench/kernels.py --vocab 1000 --batches 2 --positions 1,2 --reps 2 --bw-gib 0.01
+    python -m bench.kernel_sampling --vocab 1000 --batches 2 --positions 1,2 --reps 2 --bw-gib 0.01
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
 
-# This file's name would shadow the `kernels` package from the script's own folder.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(_HERE)
-sys.path[:] = [REPO_ROOT] + [p for p in sys.path
-                             if os.path.abspath(p or ".") not in (_HERE, REPO_ROOT)]
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from kernels.speculative_sampling import (speculative_sample_pallas,  # noqa: E402
-                                         speculative_sample_reference)
+from bench import common
+from kernels.speculative_sampling import speculative_sample_pallas, speculative_sample_reference
 
 QWEN2_VOCAB = 151936
 _ROTATE_BYTES = 256 << 20  # several times the L2 of an H100 (50 MB) or H200 (60 MB)
@@ -59,32 +49,21 @@ def log(msg: str) -> None:
     print(f"[kernels-bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _csv(kind):
-    def parse(text: str):
-        try:
-            values = [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated {kind.__name__}s")
-        if not values:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected at least one value")
-        return values
-    return parse
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", type=_csv(str), default=["speculative_sampling"],
+    p.add_argument("--sections", type=common.csv(str), default=["speculative_sampling"],
                    help=f"comma-separated, from {sorted(SECTIONS)}")
     p.add_argument("--out", default=None, help="JSON file for all rows and the run's metadata")
     p.add_argument("--reps", type=int, default=20, help="timed calls per measurement (median)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls after compiling")
-    p.add_argument("--bw-gib", type=float, default=2.0, help="size of the bandwidth probe")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls after the compiling one")
+    p.add_argument("--bw-gib", type=float, default=None,
+                   help="size of the bandwidth probe (default 4 GiB on GPU, 1/16 on CPU)")
     p.add_argument("--seed", type=int, default=0)
     # speculative_sampling
     p.add_argument("--vocab", type=int, default=QWEN2_VOCAB)
-    p.add_argument("--batches", type=_csv(int), default=[64, 256, 1024], help="rows B")
-    p.add_argument("--positions", type=_csv(int), default=[1, 5, 17], help="K = drafts + 1")
-    p.add_argument("--block-v", type=_csv(int), default=[1024],
+    p.add_argument("--batches", type=common.csv(int), default=[64, 256, 1024], help="rows B")
+    p.add_argument("--positions", type=common.csv(int), default=[1, 5, 17], help="K = drafts + 1")
+    p.add_argument("--block-v", type=common.csv(int), default=[1024],
                    help="kernel vocabulary tiles to time (each a line)")
     p.add_argument("--no-extra", action="store_true",
                    help="skip the top-p, top-k and greedy lines")
@@ -95,35 +74,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.reps < 1 or args.warmup < 0:
         p.error("--reps must be >= 1 and --warmup >= 0")
     return args
-
-
-# ------------------------------------------------------------------------ measurement
-
-def time_calls(fn, inputs: list[tuple], reps: int, warmup: int) -> list[float]:
-    """Seconds per call of `fn(*inputs[i % len(inputs)])`, compiled and warmed up first."""
-    for i in range(max(warmup, 1)):
-        jax.block_until_ready(fn(*inputs[i % len(inputs)]))
-    times = []
-    for i in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*inputs[i % len(inputs)]))
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def measure_hbm(gib: float, reps: int) -> dict:
-    """Device bandwidth in GB/s: a copy (`x + 1`, bytes read plus written) and a read-only sum."""
-    n = max(int(gib * 2**30) // 2 // 4096, 1)
-    x = jax.random.normal(jax.random.key(1), (n, 4096), jnp.bfloat16)
-    nbytes = x.size * 2
-    copy = statistics.median(time_calls(jax.jit(lambda a: a + 1), [(x,)], reps, 3))
-    read = statistics.median(time_calls(jax.jit(lambda a: jnp.sum(a, dtype=jnp.float32)),
-                                        [(x,)], reps, 3))
-    del x
-    res = {"array_bytes": nbytes, "copy_gbps": 2 * nbytes / copy / 1e9,
-           "read_gbps": nbytes / read / 1e9}
-    res["hbm_gbps"] = max(res["copy_gbps"], res["read_gbps"])
-    return res
 
 
 # --------------------------------------------------------------- speculative_sampling
@@ -161,7 +111,7 @@ def bench_verify_case(case: dict, args, hbm: dict) -> list[dict]:
     logits_bytes = case["b"] * case["k"] * args.vocab * 2
     reference = jax.jit(speculative_sample_reference)
     want = jax.device_get(reference(*inputs[0]))
-    ref_us = 1e6 * statistics.median(time_calls(reference, inputs, args.reps, args.warmup))
+    ref_us = 1e6 * statistics.median(common.time_calls(reference, args.reps, args.warmup + 1, inputs))
     # Positions where the reference sampled a token that top-k/top-p dropped (its +inf-noise
     # NaN, module docstring): the kernel differs there by design.
     dropped = int(np.sum(~np.isfinite(want[3])))
@@ -173,10 +123,10 @@ def bench_verify_case(case: dict, args, hbm: dict) -> list[dict]:
             kernel = jax.jit(lambda *a, bv=block_v: speculative_sample_pallas(
                 *a, block_v=bv, interpret=jax.default_backend() == "cpu"))
             got = jax.device_get(kernel(*inputs[0]))
-            us = 1e6 * statistics.median(time_calls(kernel, inputs, args.reps, args.warmup))
+            us = 1e6 * statistics.median(common.time_calls(kernel, args.reps, args.warmup + 1, inputs))
             gbps = logits_bytes / us / 1e3
             row.update(
-                pallas_us=us, pallas_gbps=gbps, hbm_fraction=gbps / hbm["hbm_gbps"],
+                pallas_us=us, pallas_gbps=gbps, hbm_fraction=gbps / hbm["gbps"],
                 speedup=ref_us / us, token_match=float(np.mean(got[0] == want[0])),
                 accepted_match=float(np.mean(got[1] == want[1])),
                 logprob_max_abs_diff=float(np.max(np.abs(got[2] - want[2]))),
@@ -219,32 +169,23 @@ SECTIONS = {"speculative_sampling": speculative_sampling_section}
 
 # ------------------------------------------------------------------------------- main
 
-def run_metadata(argv) -> dict:
-    device = jax.devices()[0]
-    return {"date": datetime.date.today().isoformat(), "device": device.device_kind,
-            "platform": device.platform, "jax": jax.__version__, "host": platform.node(),
-            "command": "python bench/kernels.py " + shlex.join(argv)}
-
-
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    results = {"meta": run_metadata(argv), "sections": {name: [] for name in args.sections}}
+    results = {"meta": common.run_info("kernel_sampling", argv),
+               "sections": {name: [] for name in args.sections}}
 
     def emit(section: str, row: dict) -> None:
         results["sections"][section].append(row)
         if args.out:
-            with open(args.out, "w") as f:
-                json.dump(results, f, indent=1)
+            common.write_json(args.out, results)
 
     log(f"{results['meta']}")
-    results["meta"]["hbm"] = hbm = measure_hbm(args.bw_gib, args.reps)
+    results["meta"]["hbm"] = hbm = common.hbm_bandwidth(common.probe_gib(args.bw_gib))
     log(f"HBM: copy {hbm['copy_gbps']:.0f} GB/s, read {hbm['read_gbps']:.0f} GB/s")
     tables = [SECTIONS[name](args, hbm, emit)[1] for name in args.sections]
-    meta = results["meta"]
-    print(f"\n{meta['device']}, {meta['date']}, jax {meta['jax']}: `{meta['command']}`; "
-          f"HBM {hbm['hbm_gbps']:.0f} GB/s (copy {hbm['copy_gbps']:.0f}, "
-          f"read {hbm['read_gbps']:.0f})\n")
+    print(f"\n{common.heading(results['meta'])}; HBM {hbm['gbps']:.0f} GB/s "
+          f"(copy {hbm['copy_gbps']:.0f}, read {hbm['read_gbps']:.0f})\n")
     for table in tables:
         print(table + "\n")
     return results

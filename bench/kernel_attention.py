@@ -1,51 +1,49 @@
 """Ragged decode attention on a GPU: the Pallas kernel against the masked jnp reference.
 
-    python bench/kernels_attention.py --out attn.json [--check] [--sweep]
+    python -m bench.kernel_attention --out attn.json [--check] [--sweep]
 
 bf16, Qwen2.5-0.5B-like heads (H=14, H_kv=2, D=64) and 1.5B-like (H=12, H_kv=2, D=128);
 T = 1 (plain decode) and 9 (k+1 verification); row ends `q_slot + T` uniform between 10% and
 100% of S_max (seed 0), no left padding. The reference reads all S_max slots of every row;
 the kernel only the valid ones, so GB/s and % of HBM count the valid KV bytes for both.
 
-Times are device time per call, as inside a jitted decode step: a jitted chain of n dependent
-calls (each output is the next query; the calls cycle over copies of the cache, > 200 MB in
-all, so that no call finds the cache in L2) minus a chain of one, over n - 1, each the median
-of 21 runs after warm-up, each run ended by block_until_ready. Timing single calls instead
-measures the ~50 us it takes the GPU machines' hosts to dispatch and synchronise one. The
-difference of two medians still jitters by some 10 us (more where n = 2 calls of a few ms
-each): read single points under ~30 us, and lone outliers, with care.
-The HBM ceiling is measured in the same run, over 4 GiB of bf16: a read-only max and an
-`x + 1` copy (read + write); % HBM is against the larger.
+Times are device time per call, as inside a jitted decode step (`bench.common.device_us`): a
+jitted chain of n dependent calls (each output is the next query; the calls cycle over copies
+of the cache, > 200 MB in all, so that no call finds the cache in L2) minus a chain of one,
+over n - 1, each the median of 21 runs after warm-up, each run ended by block_until_ready.
+Timing single calls instead measures the ~50 us it takes the GPU machines' hosts to dispatch
+and synchronise one. The difference of two medians still jitters by some 10 us (more where
+n = 2 calls of a few ms each): read single points under ~30 us, and lone outliers, with care.
+The HBM ceiling is measured in the same run the same way (`bench.common.hbm_bandwidth`, over
+`--bw-gib` GiB of bf16, default 4: a read-only max and an `x + 1` copy, read + write); % HBM
+is against the larger.
 
 --check compares kernel and reference on the GPU first (bf16 and float32, NaN in every slot
 the kernel must not read); --sweep times key-block sizes and split counts on a few shapes.
-Imports only `kernels`, nothing of jaxrl (the GPU image lacks ml_collections).
+Imports only `kernels` and `bench.common`, nothing of jaxrl.
+
+Local smoke test (CPU, the kernel in interpret mode):
+    python -m bench.kernel_attention --out /tmp/attn.json --batches 2 --tokens 1 \
+        --lengths 64 --models 0.5B --bw-gib 0.01
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import json
 import math
-import os
-import statistics
 import sys
 import time
 
-# First on the path, before this script's folder, where bench/kernels.py would shadow the
-# kernels package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from kernels.ragged_attention import (ragged_attention_pallas,  # noqa: E402
-                                      ragged_attention_reference)
+from bench import common
+from kernels.ragged_attention import ragged_attention_pallas, ragged_attention_reference
 
 MODELS = {"0.5B": (14, 2, 64), "1.5B": (12, 2, 128)}  # (H, H_kv, D)
 ROTATE_BYTES = 200e6
+INTERPRET = jax.default_backend() == "cpu"  # a CPU smoke run: the kernel in interpret mode
 
 
 def ragged_inputs(key, batch, num_tokens, heads, kv_heads, head_dim, s_max, ends_B,
@@ -62,46 +60,6 @@ def row_ends(batch, s_max, num_tokens, seed=0):
     return rng.integers(max(num_tokens, math.ceil(0.1 * s_max)), s_max + 1, batch)
 
 
-def _median_s(fn, args, samples):
-    jax.block_until_ready(fn(*args))  # compile
-    jax.block_until_ready(fn(*args))  # warm
-    times = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def per_call_us(make_chain, args, samples=21, max_calls=8):
-    """Device time of one call: `make_chain(n)` jits n dependent calls; a chain of one is
-    subtracted, so that the costs of dispatching and synchronising a launch cancel out."""
-    t1 = _median_s(make_chain(1), args, samples)
-    n = int(np.clip(round(2e-3 / t1), 2, max_calls))
-    return 1e6 * (_median_s(make_chain(n), args, samples) - t1) / (n - 1)
-
-
-def chain(step):
-    """`make_chain` for `step(carry, i, *rest) -> carry`, called as `(carry, *rest)`."""
-    def make(num_calls):
-        def run(carry, *rest):
-            for i in range(num_calls):
-                carry = step(carry, i, *rest)
-            return carry
-        return jax.jit(run)
-    return make
-
-
-def hbm_gbps():
-    """Read-only and copy bandwidth over 4 GiB of bf16."""
-    x = jax.random.normal(jax.random.key(1), (1 << 31,), jnp.bfloat16)
-    # A max of x plus the last max reads all of x at each step and cannot be hoisted.
-    read_us = per_call_us(chain(lambda m, i, x: jnp.max(x + m)), (jnp.zeros((), x.dtype), x))
-    # The barrier keeps XLA from fusing the steps into one pass.
-    copy_us = per_call_us(chain(lambda y, i: jax.lax.optimization_barrier(y + 1)), (x,))
-    return {"read": x.nbytes / read_us / 1e3, "copy": 2 * x.nbytes / copy_us / 1e3}
-
-
 def valid_kv_bytes(ends_B, kv_heads, head_dim, itemsize=2):
     return int(ends_B.sum()) * kv_heads * head_dim * 2 * itemsize
 
@@ -110,7 +68,7 @@ def attention_chain(fn):
     def step(q, i, kv_sets, q_slot, kv_start):
         k, v = kv_sets[i % len(kv_sets)]
         return fn(q, k, v, q_slot, kv_start).reshape(q.shape)
-    return chain(step)
+    return common.chain(step)
 
 
 def measure(model, batch, num_tokens, s_max, *, block_s=None, num_splits=None, reference=True):
@@ -122,12 +80,13 @@ def measure(model, batch, num_tokens, s_max, *, block_s=None, num_splits=None, r
             for i in range(copies)]
     q, _, _, q_slot, kv_start = sets[0]
     args = (q, tuple((k, v) for _, k, v, _, _ in sets), q_slot, kv_start)
-    kernel = functools.partial(ragged_attention_pallas, block_s=block_s, num_splits=num_splits)
+    kernel = functools.partial(ragged_attention_pallas, block_s=block_s, num_splits=num_splits,
+                               interpret=INTERPRET)
     row = {"model": model, "B": batch, "T": num_tokens, "S_max": s_max, "block_s": block_s,
            "num_splits": num_splits, "valid_bytes": valid_kv_bytes(ends_B, kv, d),
-           "pallas_us": per_call_us(attention_chain(kernel), args)}
+           "pallas_us": common.device_us(attention_chain(kernel), args)}
     if reference:
-        row["reference_us"] = per_call_us(attention_chain(ragged_attention_reference), args)
+        row["reference_us"] = common.device_us(attention_chain(ragged_attention_reference), args)
     return row
 
 
@@ -151,7 +110,8 @@ def check_one(model, batch, num_tokens, s_max, dtype, kv_start):
     with jax.default_matmul_precision("highest"):
         truth = jax.jit(ragged_attention_reference)(f32(q), f32(k), f32(v), q_slot, start_B)
         want = jax.jit(ragged_attention_reference)(q, k, v, q_slot, start_B)
-        got = jax.jit(ragged_attention_pallas)(q, poison(k), poison(v), q_slot, start_B)
+        got = jax.jit(functools.partial(ragged_attention_pallas, interpret=INTERPRET))(
+            q, poison(k), poison(v), q_slot, start_B)
     err, ref_err = rel_err(got, truth), rel_err(want, truth)
     return {"model": model, "B": batch, "T": num_tokens, "S_max": s_max,
             "dtype": jnp.dtype(dtype).name, "kv_start": kv_start, "rel_err": err,
@@ -206,37 +166,35 @@ def markdown(rows, hbm):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="JSON results path")
     parser.add_argument("--check", action="store_true", help="check against the reference first")
     parser.add_argument("--sweep", action="store_true",
                         help="after the table, time block sizes and split counts")
-    parser.add_argument("--batches", default="1,16,64")
-    parser.add_argument("--tokens", default="1,9")
-    parser.add_argument("--lengths", default="2048,8192,32768")
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batches", type=common.csv(int), default=[1, 16, 64])
+    parser.add_argument("--tokens", type=common.csv(int), default=[1, 9])
+    parser.add_argument("--lengths", type=common.csv(int), default=[2048, 8192, 32768])
+    parser.add_argument("--models", type=common.csv(str), default=list(MODELS))
+    parser.add_argument("--bw-gib", type=float, default=None,
+                        help="size of the bandwidth probe (default 4 GiB on GPU, 1/16 on CPU)")
     parser.add_argument("--time-budget-s", type=float, default=float("inf"),
                         help="start no new table row or sweep point after this long")
     args = parser.parse_args(argv)
     deadline = time.time() + args.time_budget_s
-    result = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-              "date": datetime.date.today().isoformat(), "command": " ".join(sys.argv)}
-    result["bandwidth_gbps"] = bandwidth = hbm_gbps()
-    hbm = max(bandwidth.values())
-    print(f"{result['device']}: read {bandwidth['read']:.0f} GB/s, "
-          f"copy {bandwidth['copy']:.0f} GB/s", flush=True)
-
-    def save():
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    result = common.run_info("kernel_attention", argv)
+    bw = result["hbm"] = common.hbm_bandwidth(common.probe_gib(args.bw_gib))
+    hbm = bw["gbps"]
+    print(f"{result['device']['kind']}: read {bw['read_gbps']:.0f} GB/s, "
+          f"copy {bw['copy_gbps']:.0f} GB/s", flush=True)
+    save = lambda: common.write_json(args.out, result)  # noqa: E731
 
     if args.check:
         result["check"] = run_checks()
         save()
     result["rows"] = []
-    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
-    shapes = [(m, b, t, s) for m in args.models.split(",") for b in ints(args.batches)
-              for t in ints(args.tokens) for s in ints(args.lengths)]
+    shapes = [(m, b, t, s) for m in args.models for b in args.batches
+              for t in args.tokens for s in args.lengths]
     for shape in shapes:
         if time.time() > deadline:
             break
@@ -246,8 +204,8 @@ def main(argv=None):
     if args.sweep:
         result["sweep"] = run_sweep(hbm, deadline)
         save()
-    print(f"\n{result['device']}, {result['date']}, jax {result['jax']}, HBM read "
-          f"{bandwidth['read']:.0f} / copy {bandwidth['copy']:.0f} GB/s: `{result['command']}`\n")
+    print(f"\n{common.heading(result)}; HBM read {bw['read_gbps']:.0f} / copy "
+          f"{bw['copy_gbps']:.0f} GB/s\n")
     print(markdown(result["rows"], hbm))
 
 
