@@ -128,6 +128,9 @@ def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, pr
     plen_B = repeat_groups(prompt_lengths_P, g)
     tokens_BN, lengths_B = rollout.tokens_BN, rollout.lengths_B
     b, n = tokens_BN.shape
+    if b % rl.num_minibatches:
+        raise ValueError(f"rollout batch {b} does not split into rl.num_minibatches="
+                         f"{rl.num_minibatches}")
     rewards_PG = rewards_B.reshape(-1, g)
     adv_B = adv_lib.group_advantages(rewards_PG, rl.advantage).reshape(b)
     signal_P = adv_lib.has_signal_P(rewards_PG)
@@ -138,8 +141,18 @@ def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, pr
     if rl.mask_zero_signal:  # no gradient either way; masked, they do not dilute token-mean
         mask_BN = mask_BN * repeat_groups(signal_P, g)[:, None]
 
-    logprobs_of = lambda params: token_logprobs(  # noqa: E731
-        completion_logits(model, params, prompts_BL, plen_B, tokens_BN, lengths_B), tokens_BN)
+    def logprobs_of(params):
+        """Log-probs of every row's completion, a minibatch of rows at a time: the logits
+        of the whole batch at once ([B, N, V] float32) would hold 47 GiB at the 0.5B shape
+        with a 152k vocabulary, more than the update itself."""
+        def chunk(rows_M):
+            take = lambda x: x[rows_M]  # noqa: E731
+            return token_logprobs(completion_logits(model, params, take(prompts_BL),
+                                                    take(plen_B), take(tokens_BN),
+                                                    take(lengths_B)), take(tokens_BN))
+        rows_CM = jnp.arange(b).reshape(rl.num_minibatches, -1)
+        return jax.lax.map(chunk, rows_CM).reshape(b, n)
+
     if rl.old_logprobs == "recompute":
         old_BN = jax.lax.stop_gradient(logprobs_of(state.params))
     else:
@@ -173,9 +186,6 @@ def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, pr
         state, opt_metrics = apply_gradients(state, grads)
         return state, {"loss": loss, **m, **opt_metrics}
 
-    if b % rl.num_minibatches:
-        raise ValueError(f"rollout batch {b} does not split into rl.num_minibatches="
-                         f"{rl.num_minibatches}")
     rows_EMS = jnp.stack([
         jax.random.permutation(state.key(_SHUFFLE_SALT, e), b).reshape(rl.num_minibatches, -1)
         for e in range(rl.num_epochs)]).reshape(-1, b // rl.num_minibatches)
