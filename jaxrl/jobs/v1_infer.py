@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import time
+from fractions import Fraction
 
 import jax
 import numpy as np
@@ -199,9 +200,18 @@ def load_policy(cfg: V1InferConfig, mesh):
     return model, sharding.shard_params(params, param_axes(model.cfg), mesh), tok
 
 
-def canonical_math_answer(text: str) -> str | None:
+def canonical_math_answer(text: str):
+    """The final answer as majority voting counts it: its value where the math checker
+    evaluates it (4, 4.0 and \\frac{8}{2} are one answer; irrational values to 10
+    significant digits), else its normalized string; None without an answer."""
     answer = math_checker.extract_answer(text)
-    return None if answer is None else math_checker.normalize(answer)
+    if answer is None:
+        return None
+    norm = math_checker.normalize(answer)
+    value = math_checker.evaluate(norm)
+    if value is None:
+        return norm
+    return value if isinstance(value, Fraction) else float(f"{value:.10g}")
 
 
 def problem_set(cfg: V1InferConfig, tok, workdir: str):

@@ -125,3 +125,15 @@ def test_bad_config_is_named(field, value, match):
         match = "reason=True needs config.judge.mode='generate'"
     with pytest.raises(ValueError, match=match):
         main.typed_config(config)
+
+
+def test_embedded_problem_set_checks_reference_solutions():
+    cfg = main.typed_config(tiny_config())[1]
+    tok = loader.load(cfg.model, 0)[2]
+    source, questions, correct, answer = v1_infer.problem_set(cfg, tok, "")
+    prompts_PL, lengths_P = source.held_out[:2]
+    assert len(questions) == cfg.num_problems
+    for p, (q, prob) in enumerate(zip(questions, source.held_out_problems)):
+        assert tok.encode(q) == prompts_PL[p, :lengths_P[p]].tolist()  # the text the policy saw
+        assert correct(p, prob.solution) and answer(prob.solution) == prob.answer
+        assert not correct(p, prob.solution + "\n#x")

@@ -27,3 +27,19 @@ def test_hf_checkpoint_on_jsonl(ckpt_dir, manual_dir, tmp_path, mode):  # noqa: 
     assert summary["info"]["generated_tokens"] > 0
     if mode == "logits":  # expected ratings from the next-token distribution: no parsing
         assert sum(r["unparseable"] for r in rows) == 0
+
+
+def test_jsonl_problem_set_reads_test_rows(ckpt_dir, manual_dir, tmp_path):  # noqa: F811
+    config = config_dict("v1_infer", "data=jsonl,small=True")
+    config.model.path = str(ckpt_dir)
+    config.data.manual_dir = str(manual_dir)
+    config.data.max_prompt_len = 160
+    cfg = main.typed_config(config)[1]
+    tok = v1_infer.loader.load(cfg.model, 0)[2]
+    _, questions, correct, answer = v1_infer.problem_set(cfg, tok, str(tmp_path))
+    assert questions == [row["question"] for row in TEST]  # both TEST answers are 4
+    assert [correct(p, "so \\boxed{4}.") for p in range(2)] == [True, True]
+    assert not correct(0, "it is 5")
+    # Majority votes count equal values as one answer, other text by its normalized string.
+    assert answer("#### 4.0") == answer("\\boxed{\\frac{8}{2}}") == 4
+    assert answer("The answer is x+1.") == "x+1" and answer("no digits here") is None
