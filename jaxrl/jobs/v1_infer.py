@@ -286,7 +286,9 @@ def row(outcome: methods.Outcome, correct_PM: np.ndarray) -> dict:
     c = outcome.choice
     pick, se = metrics.pick_rate(correct_PM[:, :outcome.num_candidates], c.chosen_P)
     st = _stats(outcome.judge)
-    pairwise = outcome.method in methods.BY_BUDGET[:3]
+    first = float("nan")  # strict JSON has no NaN: None when there were no decisive calls
+    if outcome.method in methods.BY_BUDGET[:3] and st is not None:
+        first = metrics.first_shown_win_rate(st.first_shown_wins, st.decisive)
     return {"method": outcome.method, "multiplier": outcome.multiplier,
             "candidates": outcome.num_candidates, "pass_at_1": pick, "stderr": se,
             "judge_calls_per_problem": float(np.mean(c.calls_P)),
@@ -294,13 +296,11 @@ def row(outcome: methods.Outcome, correct_PM: np.ndarray) -> dict:
             "judge_tokens": 0 if st is None else st.prompt_tokens + st.generated_tokens,
             "unparseable": 0 if st is None else st.unparseable,
             "tie_rate": metrics.tie_rate(c.top_count_P),
-            "first_shown_win_rate": (metrics.first_shown_win_rate(st.first_shown_wins,
-                                                                  st.decisive)
-                                     if pairwise and st is not None else None)}
+            "first_shown_win_rate": None if np.isnan(first) else first}
 
 
 def _fmt(x, spec=".3f") -> str:
-    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+    return "-" if x is None else format(x, spec)
 
 
 def report(rows: list[dict], cfg: V1InferConfig, info: dict) -> str:
@@ -396,7 +396,8 @@ def run(cfg: V1InferConfig, workdir: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     md = report(rows, cfg, info)
     (out / REPORT).write_text(md)
-    (out / "v1_infer.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    (out / "v1_infer.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1,
+                                                    allow_nan=False))
     plot(rows, out / PLOT, f"V1-Infer, N = {n}, {info['problems']} problems of "
                            f"{info['problem_set']}")
     print(md)

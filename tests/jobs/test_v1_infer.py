@@ -54,6 +54,8 @@ def check_outputs(workdir, cfg: v1_infer.V1InferConfig, problems: int) -> list[d
     oracle = by["oracle Pass@N", None]["pass_at_1"]
     for r in rows:
         assert 0.0 <= r["pass_at_1"] <= 1.0
+        first = r["first_shown_win_rate"]  # pairwise judges only; None: no decisive call
+        assert first is None or (r["method"] in methods.BY_BUDGET[:3] and 0.0 <= first <= 1.0)
         if r["candidates"] == n:  # the ceiling of every method choosing among the first N
             assert r["pass_at_1"] <= oracle
     return rows
