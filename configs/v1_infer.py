@@ -54,6 +54,9 @@ def get_config(arg=None):
     # size reuse one compiled program; rows must split over the mesh's batch devices.
     c.judge.row_multiple = 8
     c.judge.len_multiple = 64
+    # Prompts per device call (a round of more runs in chunks): prefill attention holds
+    # [rows, heads, T, T] scores, and pair prompts carry two solutions.
+    c.judge.max_rows = 64
 
     # The candidates: one batched `generate` call over all problems.
     c.sampling = ml_collections.ConfigDict()

@@ -5,7 +5,8 @@ baseline at the same budgets, on held-out problems, with one model as generator 
    `config.policy_workdir` the params of the newest checkpoint of a `train` run there.
 2. The problems: the source's held-out problems (`jaxrl/tasks/prompts.py`): an embedded
    task (checked by `task.check`, answers by the `#<answer>` line) or the first rows of
-   test.jsonl (checked by the math checker, answers canonicalized by it).
+   test.jsonl (checked by the JSONL math reward, math-verify; answers by the last
+   `\\boxed{}`).
 3. Candidates: `methods.widest(N, budgets)` samples per problem in one batched `generate`
    call, params and rows placed on the mesh as in training.
 4. Every method of `jaxrl.verify.methods` picks one candidate per problem; the judge calls
@@ -25,7 +26,6 @@ import json
 import os
 import pathlib
 import time
-from fractions import Fraction
 
 import jax
 import numpy as np
@@ -71,6 +71,7 @@ class JudgeConfig:
     temperature: float
     row_multiple: int
     len_multiple: int
+    max_rows: int
 
     def __post_init__(self):
         one_of("config.judge.mode", self.mode, ("generate", "logits"))
@@ -81,6 +82,9 @@ class JudgeConfig:
         check_sampling(self.temperature, 0, 1.0, "config.judge.")
         at_least("config.judge.row_multiple", self.row_multiple, 1)
         at_least("config.judge.len_multiple", self.len_multiple, 1)
+        if self.max_rows < 1 or self.max_rows % self.row_multiple:
+            raise ValueError(f"config.judge.max_rows={self.max_rows} must be a positive "
+                             f"multiple of config.judge.row_multiple={self.row_multiple}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,18 +204,13 @@ def load_policy(cfg: V1InferConfig, mesh):
     return model, sharding.shard_params(params, param_axes(model.cfg), mesh), tok
 
 
-def canonical_math_answer(text: str):
-    """The final answer as majority voting counts it: its value where the math checker
-    evaluates it (4, 4.0 and \\frac{8}{2} are one answer; irrational values to 10
-    significant digits), else its normalized string; None without an answer."""
-    answer = math_checker.extract_answer(text)
-    if answer is None:
-        return None
-    norm = math_checker.normalize(answer)
-    value = math_checker.evaluate(norm)
-    if value is None:
-        return norm
-    return value if isinstance(value, Fraction) else float(f"{value:.10g}")
+def canonical_math_answer(text: str) -> str | None:
+    """The final answer as majority voting counts it: the last `\\boxed{}` (the answer the
+    math reward reads first), spaces dropped; None without one. Equal values written
+    differently (4, 4.0) count as different answers: a vote by string, as self-consistency
+    baselines usually take it."""
+    answer = math_checker.last_boxed(text)
+    return None if answer is None else "".join(answer.split())
 
 
 def problem_set(cfg: V1InferConfig, tok, workdir: str):
@@ -380,7 +379,7 @@ def run(cfg: V1InferConfig, workdir: str) -> dict:
             model, params, tok, questions, [c[:k] for c in candidates], mode=j.mode,
             debias=j.debias, reason=j.reason, seed=next(made), max_new_tokens=j.max_new_tokens,
             temperature=j.temperature, row_multiple=j.row_multiple,
-            len_multiple=j.len_multiple, mesh=mesh)
+            len_multiple=j.len_multiple, max_rows=j.max_rows, mesh=mesh)
 
     t = cfg.tournament
     outcomes = methods.run_all(model_judge, lambda k: model_judge(k).pointwise, answers_PM,

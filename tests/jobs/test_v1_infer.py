@@ -112,6 +112,8 @@ def test_policy_from_a_train_workdir(tmp_path):
     ("tournament.tau", 0.0, "config.tournament.tau must be in"),
     ("judge.mode", "vibes", "config.judge.mode='vibes'; valid"),
     ("judge.reason", True, None),  # valid in generate mode; logits below
+    ("judge.max_rows", 12, "config.judge.max_rows=12 must be a positive multiple of "
+                           "config.judge.row_multiple=32"),
     ("bom_alpha", 0.0, "config.bom_alpha must be in"),
     ("sampling.temperature", -1.0, "config.sampling.temperature must be >= 0"),
     ("policy_workdir", "/nonexistent", "has no checkpoints/ directory"),
