@@ -352,6 +352,7 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
                 linestyle="-" if name in methods.BY_BUDGET else "none", label=name)
     ax.set_xlabel("total calls per problem (N generations + V judge calls)")
     ax.set_ylabel("Pass@1 of the chosen candidate")
+    ax.set_ylim(-0.02, 1.02)  # the same scale for every run
     ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
