@@ -243,7 +243,7 @@ def sample_candidates(cfg: V1InferConfig, model, params, tok, source, mesh,
                          f"0 = the task's budget) exceeds the model's {limit} positions")
     b, ways = p * m, mesh.shape["data"] * mesh.shape["fsdp"]
     rows = -(-b // ways) * ways  # pad with one-token rows to split evenly
-    prompts_BL = np.zeros((rows, prompts_PL.shape[1]), np.int32) + tok.pad_id
+    prompts_BL = np.full((rows, prompts_PL.shape[1]), tok.pad_id, np.int32)
     prompts_BL[:b] = np.repeat(prompts_PL, m, axis=0)
     lengths_B = np.ones(rows, np.int32)
     lengths_B[:b] = np.repeat(lengths_P, m)
