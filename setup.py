@@ -29,6 +29,7 @@ setup(
         "importlib_resources>=6",
         # The JSONL math reward (jaxrl/tasks/math_reward.py), as TRL and open-r1 score it.
         "math-verify>=0.9.0,<0.10",
+        "matplotlib>=3.8",  # the v1_infer job's plot
     ],
     extras_require={
         "test": [

@@ -1,6 +1,6 @@
 """Benchmarks behind BENCHMARKS.md, run from the repository root as `python -m bench.NAME`
-(decode, grpo, rollout, das_pass, kernel_sampling, kernel_attention); `common.py` holds what
-they share.
+(decode, grpo, rollout, das_pass, kernel_sampling, kernel_attention, v1_synthetic,
+v1_judge_round); `common.py` holds what they share.
 
 `bench.grpo` and `bench.rollout` load `configs/grpo.py`, an ml-collections file; the GPU
 machines' image lacks ml-collections (a pure-Python wheel; its needs, absl-py and PyYAML,

@@ -1,7 +1,7 @@
 """The cost of one V1-Infer judging round: calls/s and judge tokens/s of `ModelJudge`.
 
-    python bench/v1_judge_round.py --out v1_round                 # a 0.5B shape on a GPU
-    python bench/v1_judge_round.py --preset tiny --problems 2 ... # a CPU smoke run
+    python -m bench.v1_judge_round --out v1_round                 # a 0.5B shape on a GPU
+    python -m bench.v1_judge_round --preset tiny --problems 2 ... # a CPU smoke run
 
 A random-init decoder of `--preset`'s shape judges one Swiss round: P problems x N / 2
 pairs, all in one batch (generate mode with `--max-new-tokens` and logits mode). Random
@@ -19,17 +19,14 @@ import json
 import os
 import pathlib
 import re
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxrl.models.config import preset  # noqa: E402
-from jaxrl.models.decoder import Decoder, init_params  # noqa: E402
-from jaxrl.verify import judge, tournament  # noqa: E402
+from jaxrl.models.config import preset
+from jaxrl.models.decoder import Decoder, init_params
+from jaxrl.verify import judge, tournament
 
 
 class WordTokenizer:

@@ -1,6 +1,6 @@
 """V1-Infer against its baselines with synthetic judges of known noise (CPU, under 2 minutes).
 
-    python bench/v1_synthetic.py --out v1_synth
+    python -m bench.v1_synthetic --out v1_synth
 
 The synthetic world and judges are `jaxrl.verify.synthetic` (read its docstring): latent
 quality q ~ U(0, 1), a candidate is correct when q >= 1 - correct_rate; every reading of a
@@ -12,18 +12,10 @@ norm). Wrong candidates share three wrong answers (0.4 / 0.35 / 0.25 of the wron
 at a correct rate of 0.3 the commonest wrong answer nearly ties the right one.
 
 For each judge error rate and seed, one world of `--problems` problems is drawn with
-enough candidates for the largest method; a method with N candidates uses the first N
-(candidates are i.i.d., so that is an N-sample). Budgets are V = 1x, 2x, 3x N judge calls:
-
-- swiss: V1-Infer (d_min 2, window 8, tau 0.1) on N candidates, V calls
-- random pairing: random disjoint pairs, same scoring, V calls
-- knockout: N - 1 matches of K = V // (N - 1) calls
-- pointwise, V calls: N candidates each rated V / N times, best mean rating
-- pointwise, total-matched: N' = (N + V) / 2 candidates, N' calls (N' + N' = N + V in
-  all; at 3x this is the paper's pointwise N = 32 with 32 calls vs pairwise 16 with 48)
-- majority, N + V samples: no judge, the same total count of model calls
-- and, independent of V: Pass@1 (first candidate), majority@N, Best-of-Majority (alpha
-  0.1, one pointwise call per kept candidate), oracle Pass@N.
+enough candidates for the largest method, and every method of `jaxrl.verify.methods` (the
+roster the v1_infer job reports; its docstring lists them) runs at budgets V = 1x, 2x, 3x
+N judge calls: Swiss with the paper's d_min 2, window 8, tau 0.1; Best-of-Majority with
+alpha 0.1.
 
 Cells are the pick rate (fraction of problems whose chosen candidate is correct), mean
 +- standard deviation over seeds, with the mean total cost (generations + judge calls) in
@@ -40,53 +32,30 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jaxrl.verify import baselines, metrics, synthetic, tournament  # noqa: E402
+from jaxrl.verify import methods, metrics, synthetic
 
 
 def run_seed(error: float, seed: int, args) -> dict[str, dict[str, tuple[float, float]]]:
     """{method: {budget label: (pick rate, total cost)}} for one world."""
     n, p = args.n, args.problems
-    widest = n + max(args.budgets) * n
-    world = synthetic.sample_world(p, widest, args.correct_rate, np.random.default_rng(seed))
+    world = synthetic.sample_world(p, methods.widest(n, args.budgets), args.correct_rate,
+                                   np.random.default_rng(seed))
     rng = np.random.default_rng(seed + 1000)
-    pair = lambda m: synthetic.NoisyPairJudge(world.quality_PN[:, :m], error, rng)  # noqa: E731
-    point = lambda m: synthetic.NoisyPointJudge(world.quality_PN[:, :m], error, rng)  # noqa: E731
-
-    def score(m: int, choice) -> tuple[float, float]:
-        return (metrics.pick_rate(world.correct_PN[:, :m], choice.chosen_P)[0],
-                metrics.total_calls(m, choice.calls_P))
-
+    outcomes = methods.run_all(
+        lambda m: synthetic.NoisyPairJudge(world.quality_PN[:, :m], error, rng),
+        lambda m: synthetic.NoisyPointJudge(world.quality_PN[:, :m], error, rng),
+        world.answers_PN.tolist(), world.correct_PN, n, args.budgets, seed,
+        d_min=2, window=8, tau=0.1, alpha=0.1)  # the paper's tournament; BoM's alpha
     out: dict[str, dict[str, tuple[float, float]]] = {}
-    for mult in args.budgets:
-        v, col = mult * n, f"{mult}x"
-        half = (n + v) // 2
-        rows = {
-            "swiss (V1-Infer)": score(n, tournament.swiss(pair(n), p, n, v, seed)),
-            "random pairing": score(n, baselines.random_pairing(pair(n), p, n, v, seed)),
-            "knockout": score(n, baselines.knockout(pair(n), p, n, v, seed)),
-            "pointwise, V calls": score(n, baselines.pointwise(point(n), p, n, v, seed)),
-            "pointwise, total-matched N'=(N+V)/2": score(
-                half, baselines.pointwise(point(half), p, half, half, seed)),
-            "majority, N+V samples": score(n + v, baselines.majority_vote(
-                world.answers_PN[:, :n + v].tolist(), seed)),
-        }
-        for name, cell in rows.items():
-            out.setdefault(name, {})[col] = cell
-    fixed = {
-        "Pass@1 (first candidate)": score(n, baselines.first_candidate(p)),
-        "majority@N": score(n, baselines.majority_vote(world.answers_PN[:, :n].tolist(), seed)),
-        "Best-of-Majority@N": score(n, baselines.best_of_majority(
-            point(n), world.answers_PN[:, :n].tolist(), seed)),
-        "oracle Pass@N": score(n, baselines.oracle(world.correct_PN[:, :n])),
-    }
-    for name, cell in fixed.items():
-        out[name] = {f"{m}x": cell for m in args.budgets}
-    pw = baselines.pointwise(point(n), p, n, n, seed)
-    out["_pointwise tie rate @N"] = {f"{m}x": (metrics.tie_rate(pw.top_count_P), 0.0)
-                                     for m in args.budgets}
-    return out
+    ties = {}  # the last row: pointwise best-of-N ties, broken at random
+    for o in outcomes:
+        cell = (metrics.pick_rate(world.correct_PN[:, :o.num_candidates], o.choice.chosen_P)[0],
+                metrics.total_calls(o.num_candidates, o.choice.calls_P))
+        for k in [o.multiplier] if o.multiplier else args.budgets:
+            out.setdefault(o.method, {})[f"{k}x"] = cell
+        if o.method == "pointwise, V calls":
+            ties[f"{o.multiplier}x"] = (metrics.tie_rate(o.choice.top_count_P), 0.0)
+    return {**out, "_pointwise tie rate, V calls": ties}
 
 
 def table(error: float, per_seed: list[dict], args) -> str:
@@ -127,7 +96,7 @@ def main() -> None:
         results[str(error)] = per_seed
         sections.append(table(error, per_seed, args))
     md = ("# V1-Infer with synthetic judges\n\nPick rate (mean +- sd over seeds) "
-          "[mean total cost: N generations + judge calls].\n`python bench/v1_synthetic.py "
+          "[mean total cost: N generations + judge calls].\n`python -m bench.v1_synthetic "
           + " ".join(sys.argv[1:]) + f"` ({time.time() - start:.0f} s on CPU)\n\n"
           + "\n\n".join(sections) + "\n")
     print(md)

@@ -1,7 +1,8 @@
 """Entry point: `python -m jaxrl.main --config=configs/grpo.py --workdir=DIR`.
 
 `config.job` names the job (jaxrl/jobs/): `train` (SFT warm-up then GRPO: configs/grpo.py,
-configs/sft.py) or `generate` (sample from a model: configs/generate.py). The ConfigDict is
+configs/sft.py), `generate` (sample from a model: configs/generate.py) or `v1_infer`
+(V1-Infer and its baselines: configs/v1_infer.py). The ConfigDict is
 turned into the job's typed config once, which checks every field before anything compiles.
 """
 from __future__ import annotations
@@ -10,14 +11,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxrl.config_utils import build, parse_flags
-from jaxrl.jobs import generate, train
+from jaxrl.jobs import generate, train, v1_infer
 
 config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file (optionally :arg).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where outputs, checkpoints and metrics go.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-JOBS = {"train": train, "generate": generate}
+JOBS = {"train": train, "generate": generate, "v1_infer": v1_infer}
 
 
 def typed_config(config):

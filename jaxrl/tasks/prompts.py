@@ -4,6 +4,7 @@
     source.sft_batch(step, n)  -> (prompts_PL, prompt_lengths_P, solutions_PN, solution_lengths_P)
     source.rl_batch(step, n)   -> (prompts_PL, prompt_lengths_P, reward_inputs_P, prompt_ids_P)
     source.held_out            -> (prompts_PL, prompt_lengths_P, reward_inputs_P) or None
+    source.held_out_questions  -> the held-out problems as plain text (a judge's prompt)
 
 A source is checked one of two ways (`jaxrl.rl.rewards.for_source` builds the reward):
 `source.task` set: an embedded task whose JAX checker runs inside the jitted step on the
@@ -102,9 +103,10 @@ class EmbeddedPrompts:
         self.tokenizer, self.seed = tokenizer, seed
         self.prompt_len, self.solution_len = batches.budgets(self.task)
         self.max_new_tokens = max_new_tokens or self.solution_len
-        b = batches.encode(batches.held_out_problems(self.task, seed, num_held_out),
-                           self.prompt_len, self.solution_len)
+        self.held_out_problems = batches.held_out_problems(self.task, seed, num_held_out)
+        b = batches.encode(self.held_out_problems, self.prompt_len, self.solution_len)
         self.held_out = (b.prompts_PL, b.prompt_lengths_P, b.targets_PT)
+        self.held_out_questions = [prob.prompt for prob in self.held_out_problems]
         pool = task_cfg.train_pool
         self.pool = batches.train_pool(self.task, seed, pool) if pool else None
         self.num_prompts = pool or None  # distinct RL prompts (None: a fresh stream)
@@ -168,7 +170,7 @@ class JsonlPrompts:
         self.prompt_len = int(lengths[self.rows].max())
         self.num_prompts = len(self.train_prompts)  # prompt ids are indices into the split
 
-        held_prompts, held_answers = [], []
+        held_prompts, held_answers, self.held_out_questions = [], [], []
         if "test" in builder.info.splits:
             test = tb.load_source(name, data_dir, "test")
             for i in range(len(test)):
@@ -180,6 +182,7 @@ class JsonlPrompts:
                 else:
                     held_prompts.append(ids)
                     held_answers.append(test[i]["answer"])
+                    self.held_out_questions.append(test[i]["prompt"])
         else:
             logging.warning("%s has no test split: no held-out accuracy", name)
         self.held_out = None

@@ -34,7 +34,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from jaxrl import sharding
 from jaxrl.models.decoder import Decoder
 from jaxrl.models.kv_cache import init_cache
 from jaxrl.models.tokenizer import Tokenizer
@@ -202,7 +204,9 @@ class ModelJudge:
     ratings in the reply count; give `max_new_tokens` room for it. Device calls take at most
     `max_rows` prompts (a round of more is run in chunks).
     Sampling is position-keyed with a fresh uid per judge row, so a judge built with the
-    same seed and fed the same calls gives the same ratings.
+    same seed and fed the same calls gives the same ratings. With a `mesh`, each batch is
+    split over its batch axes (`sharding.shard_batch`), as the rollouts of training are;
+    `row_multiple` must then be a multiple of their size.
     """
 
     def __init__(self, model: Decoder, params, tokenizer: Tokenizer, problems: Sequence[str],
@@ -210,7 +214,7 @@ class ModelJudge:
                  debias: bool = True, reason: bool = False, seed: int = 0,
                  max_new_tokens: int = 16,
                  temperature: float = 1.0, row_multiple: int = 8, len_multiple: int = 16,
-                 max_rows: int = 64):
+                 max_rows: int = 64, mesh: Mesh | None = None):
         if mode not in ("generate", "logits"):
             raise ValueError(f"mode={mode!r}; valid: 'generate', 'logits'")
         if reason and mode == "logits":
@@ -219,6 +223,11 @@ class ModelJudge:
         if len(problems) != len(candidates_text):
             raise ValueError(f"{len(problems)} problems but {len(candidates_text)} candidate "
                              "lists; need one list per problem")
+        ways = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+        if row_multiple % ways:
+            raise ValueError(f"row_multiple={row_multiple} does not split over the {ways} "
+                             f"batch devices of mesh {dict(mesh.shape)}; use a multiple of it")
+        self.mesh = mesh
         self.model, self.params, self.tokenizer = model, params, tokenizer
         self.problems, self.candidates = list(problems), [list(c) for c in candidates_text]
         self.mode, self.debias, self.reason = mode, debias, reason
@@ -257,16 +266,21 @@ class ModelJudge:
             out.extend(fn(texts[i:i + self.max_rows]))
         return out
 
+    def _place(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+        if self.mesh is None:
+            return tuple(map(jnp.asarray, arrays))
+        return sharding.shard_batch(arrays, self.mesh)
+
     def _generate(self, texts: list[str]) -> list[str]:
         return self._chunks(texts, self._generate_rows)
 
     def _generate_rows(self, texts: list[str]) -> list[str]:
         prompts_BL, lengths_B, n = self._batch(texts)
         b = len(lengths_B)
-        uids_B = jnp.arange(self.next_uid, self.next_uid + b, dtype=jnp.int32)
+        uids_B = np.arange(self.next_uid, self.next_uid + b, dtype=np.int32)
         self.next_uid += b
-        out = generate(self.model, self.params, jnp.asarray(prompts_BL), jnp.asarray(lengths_B),
-                       uids_B, self.key, SamplingParams.make(b, self.temperature),
+        out = generate(self.model, self.params, *self._place(prompts_BL, lengths_B, uids_B),
+                       self.key, SamplingParams.make(b, self.temperature),
                        max_new_tokens=self.max_new_tokens,
                        stop_tokens=tuple(self.tokenizer.eos_ids), pad_id=self.tokenizer.pad_id)
         tokens_BN, lengths = np.asarray(out.tokens_BN), np.asarray(out.lengths_B)
@@ -278,9 +292,9 @@ class ModelJudge:
 
     def _expected_rows(self, texts: list[str], tokens: RatingTokens) -> np.ndarray:
         prompts_BL, lengths_B, n = self._batch(texts)
-        next_B = jnp.full((len(lengths_B),), tokens.continued_token, jnp.int32)
-        logp1, logp2 = rating_logprobs(self.model, self.params, jnp.asarray(prompts_BL),
-                                       jnp.asarray(lengths_B), next_B)
+        next_B = np.full((len(lengths_B),), tokens.continued_token, np.int32)
+        logp1, logp2 = rating_logprobs(self.model, self.params,
+                                       *self._place(prompts_BL, lengths_B, next_B))
         return expected_rating(np.asarray(logp1)[:n], np.asarray(logp2)[:n], tokens)
 
     def _shown_ratings(self, p_C, first_C, second_C) -> np.ndarray:

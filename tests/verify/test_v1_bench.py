@@ -7,14 +7,14 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def run_bench(script, *args):
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
+def run_bench(name, *args):
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_v1_synthetic_bench_writes_its_table(tmp_path):
-    run_bench("v1_synthetic.py", "--out", str(tmp_path), "--problems", "40", "--seeds", "2",
+    run_bench("v1_synthetic", "--out", str(tmp_path), "--problems", "40", "--seeds", "2",
               "--n", "6", "--errors", "0.3", "--budgets", "1", "2")
     md = (tmp_path / "v1_synthetic.md").read_text()
     for row in ("| swiss (V1-Infer) |", "| knockout |", "| Best-of-Majority@N |",
@@ -29,7 +29,7 @@ def test_v1_synthetic_bench_writes_its_table(tmp_path):
 
 
 def test_v1_judge_round_bench_counts_one_round(tmp_path):
-    run_bench("v1_judge_round.py", "--out", str(tmp_path), "--preset", "tiny", "--dtype",
+    run_bench("v1_judge_round", "--out", str(tmp_path), "--preset", "tiny", "--dtype",
               "float32", "--problems", "2", "--n", "4", "--problem-words", "5",
               "--solution-words", "10", "--max-new-tokens", "4", "--repeats", "1")
     rows = json.loads((tmp_path / "v1_judge_round.json").read_text())["rows"]
