@@ -131,3 +131,29 @@ def test_rollout_rows_and_cache_are_split(monkeypatch):
     text = compiled.as_text()
     assert f"f32[{b // 4},{k // 2},{slots},{m.head_dim}]" in text
     assert f"f32[{b},{k},{slots},{m.head_dim}]" not in text
+
+
+def test_checkpoint_saved_on_fsdp8_restores_on_data8_and_on_one_device(tmp_path):
+    """The Checkpointer restores onto the abstract state's shardings: a state saved with
+    params and AdamW moments split 8 ways comes back whole on every device of (data=8), and
+    on one device, with the saved values."""
+    def state_on(mesh, devices=None):
+        cfg = train_config(das_config(mesh))
+        return train.build(cfg, sharding.make_mesh(cfg.mesh, devices)).state
+
+    saved = state_on(MESHES[1])
+    # Values that differ from a fresh build's, so a restore that ignored the file would fail.
+    saved = saved.replace(params=jax.tree.map(lambda x: x + 1.0, saved.params),
+                          opt_state=jax.tree.map(lambda x: x + 1, saved.opt_state))
+    q = saved.params["layers_0"]["attn"]["q_proj"]["kernel"]
+    assert q.sharding.spec[0] == "fsdp"
+    want = jax.tree.leaves(jax.device_get(saved))  # leaves: each state has its own optimizer
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(3, saved)
+        ckpt.wait()
+        for target in (state_on(MESHES[0]), state_on({"data": 1}, jax.devices()[:1])):
+            got = ckpt.restore(target)
+            for g, t in zip(jax.tree.leaves(got), jax.tree.leaves(target)):
+                assert g.sharding == t.sharding
+            for g, w in zip(jax.tree.leaves(jax.device_get(got)), want, strict=True):
+                np.testing.assert_array_equal(g, w)
