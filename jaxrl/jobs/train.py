@@ -145,9 +145,6 @@ def check_batches(cfg: TrainConfig, layout: sharding.Layout) -> None:
     if cfg.rl.steps:
         layout.check_rows(cfg.rl.num_prompts * cfg.rl.num_generations,
                           "config.rl.num_prompts * config.rl.num_generations")
-    if jax.process_count() > 1 and cfg.rl.steps and cfg.rl.num_prompts % jax.process_count():
-        raise ValueError(f"config.rl.num_prompts={cfg.rl.num_prompts} must split over "
-                         f"{jax.process_count()} processes")
 
 
 def build(cfg: TrainConfig, mesh, workdir: str = "") -> Built:
@@ -253,7 +250,7 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
         accuracy_sampled[step] = evaluate(built, state.params, cfg.rl.temperature)
         writer.write(step, {"eval/accuracy": acc, "eval/accuracy_sampled": accuracy_sampled[step]})
         if lead:
-                print(f"step {step}: held-out accuracy {acc:.3f} greedy, "
+            print(f"step {step}: held-out accuracy {acc:.3f} greedy, "
                   f"{accuracy_sampled[step]:.3f} sampled at temperature {cfg.rl.temperature}",
                   flush=True)
 
