@@ -5,9 +5,11 @@
     python -m jaxrl.main --config=configs/generate.py --config.model.path=/ckpt/Qwen2.5-0.5B \
         --config.sampling.temperature=0.7 --workdir=/tmp/gen
 """
+import pathlib
+
 import ml_collections
 
-from jaxrl.config_utils import parse_arg
+from jaxrl.config_utils import load_config_file, parse_arg
 
 
 def get_config(arg=None):
@@ -32,5 +34,5 @@ def get_config(arg=None):
     c.sampling.top_k = 0
     c.sampling.top_p = 1.0
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.update(load_config_file(str(pathlib.Path(__file__).with_name("scale.py"))))
     return c

@@ -25,9 +25,11 @@ of `test.jsonl` (if present). Each prompt is
 Qwen2/2.5/3 instruct models (or set `--config.data.prompt_template` to your own).
 The trained policy is also written as an HF checkpoint (with the tokenizer) to `workdir/hf`.
 """
+import pathlib
+
 import ml_collections
 
-from jaxrl.config_utils import parse_arg
+from jaxrl.config_utils import load_config_file, parse_arg
 
 _INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{{}}."
 TEMPLATES = {
@@ -134,7 +136,7 @@ def get_config(arg=None):
     c.checkpoint.every = 50
     c.checkpoint.max_to_keep = 2
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.update(load_config_file(str(pathlib.Path(__file__).with_name("scale.py"))))
 
     c.data = ml_collections.ConfigDict()
     c.data.source = arg.data  # embedded (c.task) | jsonl (user math problems)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxrl import sharding
 from jaxrl.config_utils import build, parse_flags
 from jaxrl.jobs import generate, train, v1_infer
 
@@ -34,6 +35,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
     job, cfg = typed_config(flags.FLAGS.config)
+    sharding.initialize(cfg.distributed)  # before anything touches devices
     logging.info("config:\n%s", cfg)
     job.run(cfg, flags.FLAGS.workdir)
 

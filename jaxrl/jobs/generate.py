@@ -30,6 +30,8 @@ class GenerateConfig:
     num_samples: int
     sampling: SamplingConfig
     mesh: sharding.MeshConfig
+    sharding: sharding.ShardingConfig
+    distributed: sharding.DistributedConfig
 
     def __post_init__(self):
         one_of("config.job", self.job, ("generate",))
@@ -44,8 +46,8 @@ CONFIG = GenerateConfig
 
 def run(cfg: GenerateConfig, workdir: str) -> dict:
     model, params, tok = loader.load(cfg.model, cfg.seed)
-    mesh = sharding.make_mesh(cfg.mesh)
-    params = sharding.shard_params(params, param_axes(model.cfg), mesh)
+    layout = sharding.make_layout(cfg.mesh, cfg.sharding)
+    params = sharding.shard_params(params, param_axes(model.cfg), layout)
 
     prompts = [tok.encode(p) for p in cfg.prompts for _ in range(cfg.num_samples)]
     s = cfg.sampling
@@ -54,14 +56,15 @@ def run(cfg: GenerateConfig, workdir: str) -> dict:
         raise ValueError(f"the longest prompt ({longest} tokens) plus config.sampling."
                          f"max_new_tokens={s.max_new_tokens} exceeds the model's "
                          f"{model.cfg.max_position_embeddings} positions")
-    b, ways = len(prompts), mesh.shape["data"] * mesh.shape["fsdp"]
+    b, ways = len(prompts), layout.batch_ways
     rows = -(-b // ways) * ways  # pad the batch with one-token rows to split evenly
     prompts_BL, lengths_B = pad_rows(prompts + [[tok.pad_id]] * (rows - b), longest, tok.pad_id)
-    batch = sharding.shard_batch((prompts_BL, lengths_B, np.arange(rows, dtype=np.int32)), mesh)
+    batch = sharding.shard_batch((prompts_BL, lengths_B, np.arange(rows, dtype=np.int32)),
+                                 layout)
     sp = SamplingParams.make(rows, s.temperature, s.top_k, s.top_p)
     run_once = lambda: generate(model, params, *batch, jax.random.key(cfg.seed), sp,  # noqa: E731
                                 max_new_tokens=s.max_new_tokens, stop_tokens=tuple(tok.eos_ids),
-                                pad_id=tok.pad_id)
+                                pad_id=tok.pad_id, layout=layout)
     t0 = time.perf_counter()
     jax.block_until_ready(run_once())
     compile_s = time.perf_counter() - t0

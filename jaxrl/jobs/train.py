@@ -33,9 +33,9 @@ from jaxrl.workdir import workdir_lock
 
 # Fields a resume may change: they alter neither the train state nor the data stream
 # (`resume.resume_check` refuses any other difference).
-SAFE_TO_CHANGE = {"rl.steps", "eval", "checkpoint", "mesh", "rl.split_phases",
-                  "rollout.verify_impl", "rollout.attention_impl", "data.manual_dir",
-                  "data.data_dir"}
+SAFE_TO_CHANGE = {"rl.steps", "eval", "checkpoint", "mesh", "sharding", "distributed",
+                  "rl.split_phases", "rollout.verify_impl", "rollout.attention_impl",
+                  "data.manual_dir", "data.data_dir"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,8 @@ class TrainConfig:
     eval: EvalConfig
     checkpoint: checkpoint.CheckpointConfig
     mesh: sharding.MeshConfig
+    sharding: sharding.ShardingConfig
+    distributed: sharding.DistributedConfig
     data: prompts.DataConfig
 
     def __post_init__(self):
@@ -133,11 +135,24 @@ class Built(NamedTuple):
     reward: Any  # rl.rewards.TaskReward | HostReward
     state: state_lib.TrainState
     steps: dict  # "sft" and "rl" jitted steps: step(state, *batch) -> (state, metrics)
+    layout: sharding.Layout
+
+
+def check_batches(cfg: TrainConfig, layout: sharding.Layout) -> None:
+    """Each step's rows must split over the batch axes: fails before compiling, naming them."""
+    if cfg.sft.steps:
+        layout.check_rows(cfg.sft.batch_size, "config.sft.batch_size")
+    if cfg.rl.steps:
+        layout.check_rows(cfg.rl.num_prompts * cfg.rl.num_generations,
+                          "config.rl.num_prompts * config.rl.num_generations")
 
 
 def build(cfg: TrainConfig, mesh, workdir: str = "") -> Built:
-    """Model, prompt source, reward, the initial state placed on the mesh and the jitted
-    steps; `workdir` keeps the fitted verification cost model and the JSONL dataset."""
+    """Model, prompt source, reward, the initial state placed on the mesh by
+    `config.sharding.rules` and the jitted steps; `workdir` keeps the fitted verification
+    cost model and the JSONL dataset."""
+    layout = sharding.Layout(mesh, cfg.sharding.table)
+    check_batches(cfg, layout)
     model, params, tokenizer = loader.load(cfg.model, cfg.seed,
                                            attention_impl=cfg.rollout.attention_impl)
     source = prompts.make_source(cfg.task, cfg.data, tokenizer, seed=cfg.seed,
@@ -145,25 +160,27 @@ def build(cfg: TrainConfig, mesh, workdir: str = "") -> Built:
                                  num_held_out=cfg.eval.num_problems, workdir=workdir)
     reward = rewards.for_source(source, cfg.rl.format_coef)
     tx = state_lib.make_optimizer(cfg.optim, learning_rate_schedule(cfg))
-    params = sharding.shard_params(params, param_axes(model.cfg), mesh)
+    axes = param_axes(model.cfg)
+    params = sharding.shard_params(params, axes, layout)
     rl, rollout_cfg = cfg.rl, cfg.rollout
     history = None
     if rollout_cfg.speculative:
         if rollout_cfg.fit_cost_model:
             c_base, c_tok = policy.fitted_cost_model(
-                model, mesh, rl.num_prompts * rl.num_generations, rollout_cfg.widths,
+                model, layout, rl.num_prompts * rl.num_generations, rollout_cfg.widths,
                 os.path.join(workdir, "cost_model.json") if workdir else None)
             rollout_cfg = rollout_cfg.replace(cost_base=c_base, cost_per_token=c_tok)
         history = das.init_history(rollout_cfg, source.num_prompts, rl.num_generations,
                                    source.max_new_tokens)
-    state = sharding.replicate_rest(
-        state_lib.create(params, tx, cfg.seed, with_reference=rl.kl_coef > 0, history=history),
-        mesh)
-    steps = {"sft": make_sft_step(model),
+    state = state_lib.create(params, tx, cfg.seed, with_reference=rl.kl_coef > 0, history=history)
+    where = state_lib.shardings(state, axes, layout)
+    state = sharding.place(state, where)
+    steps = {"sft": make_sft_step(model, layout, where),
              "rl": grpo.make_step(model, rl, rollout_cfg, reward,
                                   max_new_tokens=source.max_new_tokens,
-                                  stop_tokens=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id)}
-    return Built(model, source, reward, state, steps)
+                                  stop_tokens=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id,
+                                  layout=layout, state_sharding=where)}
+    return Built(model, source, reward, state, steps, layout)
 
 
 def evaluate(built: Built, params, temperature: float) -> float | None:
@@ -173,7 +190,9 @@ def evaluate(built: Built, params, temperature: float) -> float | None:
         return None
     prompts_PL, lengths_P, inputs_P = built.source.held_out
     tok, n = built.source.tokenizer, len(lengths_P)
-    out = generate(built.model, params, jnp.asarray(prompts_PL), jnp.asarray(lengths_P),
+    # Replicated: the held-out set need not split over the devices (and is not the hot path).
+    prompts_PL, lengths_P = sharding.place((prompts_PL, lengths_P), built.layout.replicated)
+    out = generate(built.model, params, prompts_PL, lengths_P,
                    jnp.arange(n, dtype=jnp.int32), jax.random.key(0),
                    SamplingParams.make(n, temperature=temperature),
                    max_new_tokens=built.source.max_new_tokens, stop_tokens=tuple(tok.eos_ids),
@@ -213,6 +232,7 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
                                 checkpoint_dir=str(ckpt.directory))))
         logging.info("resumed from %s at step %d", workdir, start)
     total = cfg.total_steps
+    lead = jax.process_index() == 0  # logs and exports; every process checkpoints
     writer = metrics_lib.MetricsWriter(workdir, start_step=start + 1)
     progress = metrics_lib.Progress(total, start_step=start, every=max(1, total // 50))
     preemption = checkpoint.PreemptionGuard()
@@ -229,8 +249,10 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
         accuracy[step] = acc
         accuracy_sampled[step] = evaluate(built, state.params, cfg.rl.temperature)
         writer.write(step, {"eval/accuracy": acc, "eval/accuracy_sampled": accuracy_sampled[step]})
-        print(f"step {step}: held-out accuracy {acc:.3f} greedy, {accuracy_sampled[step]:.3f} "
-              f"sampled at temperature {cfg.rl.temperature}", flush=True)
+        if lead:
+            print(f"step {step}: held-out accuracy {acc:.3f} greedy, "
+                  f"{accuracy_sampled[step]:.3f} sampled at temperature {cfg.rl.temperature}",
+                  flush=True)
 
     # A checkpoint at step s is saved after step s's evaluation was written, and the writer
     # keeps the records up to `start`: only a fresh run evaluates its starting point.
@@ -242,6 +264,9 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
             in_sft = step < cfg.sft.steps
             n = cfg.sft.batch_size if in_sft else cfg.rl.num_prompts
             batch = source.sft_batch(step, n) if in_sft else source.rl_batch(step, n)
+            # Each process feeds its rows; a host reward's inputs stay a list (grpo.make_step).
+            batch = [x if isinstance(x, list) else sharding.shard_batch(x, built.layout)
+                     for x in batch]
             t0 = time.perf_counter()
             state, m = steps["sft" if in_sft else "rl"](state, *batch)
             m = jax.device_get(m)
@@ -255,7 +280,8 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
             writer.write(step, {**m, "step_time_s": seconds, "phase": 0 if in_sft else 1})
             shown = {"loss": m["sft_loss"]} if in_sft else {"reward": m["reward"],
                                                             "acc": m["accuracy"]}
-            progress.update(step, **shown)
+            if lead:
+                progress.update(step, **shown)
             if step == cfg.sft.steps or step % cfg.eval.every == 0 or step == total:
                 eval_at(step)
             stop = preemption.reached(step)  # once per step: every process must agree
@@ -270,8 +296,13 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
         writer.close()
         preemption.close()
     if cfg.model.path and step == total:
-        hf.export(os.path.join(workdir, "hf"), built.model, state.params, src=cfg.model.path,
-                  eos_ids=source.tokenizer.eos_ids)
+        params = state.params
+        if jax.process_count() > 1:  # every process joins the gather; process 0 writes
+            from jax.experimental import multihost_utils
+            params = multihost_utils.process_allgather(params, tiled=True)
+        if lead:
+            hf.export(os.path.join(workdir, "hf"), built.model, params, src=cfg.model.path,
+                      eos_ids=source.tokenizer.eos_ids)
     summary = {"steps": step, "accuracy": accuracy, "accuracy_sampled": accuracy_sampled,
                "data": source.info,
                "rl_tokens_per_s": rl_tokens / rl_seconds if rl_seconds else 0.0,
@@ -279,7 +310,8 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
                                         if totals["time/rollout_s"] else 0.0),
                "phase_seconds": {k[5:-2]: v for k, v in totals.items() if k.startswith("time/")},
                **{k: v for k, v in totals.items() if k.startswith("spec/")}}
-    print(metrics_lib.summary_table(summary_rows(summary)))
+    if lead:
+        print(metrics_lib.summary_table(summary_rows(summary)))
     return summary
 
 

@@ -56,3 +56,14 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None,
     zeros_v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
     starts = jnp.zeros((batch,), jnp.int32) if starts_B is None else starts_B.astype(jnp.int32)
     return KVCache(k=zeros, v=zeros_v, lengths_B=jnp.zeros((batch,), jnp.int32), starts_B=starts)
+
+
+def constrain(cache: KVCache, layout) -> KVCache:
+    """Inside jit: the cache's rows over the batch axes and its KV heads by their rule
+    (`sharding.Layout`); a cache made inside a step is otherwise XLA's to place, and it
+    replicates what nothing forces it to split."""
+    kv = lambda x: jax.lax.with_sharding_constraint(  # noqa: E731
+        x, layout.sharding(("batch", "kv_heads", None, "head_dim"), x.shape))
+    return cache.replace(k=tuple(map(kv, cache.k)), v=tuple(map(kv, cache.v)),
+                         lengths_B=layout.rows(cache.lengths_B),
+                         starts_B=layout.rows(cache.starts_B))

@@ -17,10 +17,12 @@ import time
 import jax
 import jax.numpy as jnp
 
+from jaxrl import sharding
 from jaxrl.config_utils import at_least, one_of, positive
 from jaxrl.models.decoder import Decoder
 from jaxrl.rl import advantages as adv_lib
 from jaxrl.rl import losses
+from jaxrl.rl import rewards as rewards_lib
 from jaxrl.rl.logprobs import completion_logits, completion_mask, token_logprobs
 from jaxrl.rl.state import TrainState, apply_gradients
 from jaxrl.rollout import das
@@ -98,21 +100,32 @@ def repeat_groups(x_P, g: int):
     return jnp.repeat(x_P, g, axis=0)
 
 
+def _rows(layout, x):
+    """`x` split over the batch axes (`sharding.Layout.rows`); as it is without a layout."""
+    return x if layout is None else layout.rows(x)
+
+
 def rollout_phase(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig,
                   state: TrainState, prompts_PL, prompt_lengths_P, prompt_ids_P, *,
-                  max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int):
+                  max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int,
+                  layout=None):
     """`(rollout, spec_stats)`: plain decoding (`spec_stats` None), or DAS speculative
-    decoding from `state.history` with `rollout_cfg.speculative`; the same tokens either way."""
+    decoding from `state.history` with `rollout_cfg.speculative`; the same tokens either way.
+    With a `sharding.Layout` the B rollout rows are split over the batch axes (the P prompts
+    may be too few to split)."""
     g = rl.num_generations
-    prompts_BL = repeat_groups(prompts_PL, g)
+    prompts_BL, plen_B = _rows(layout, (repeat_groups(prompts_PL, g),
+                                        repeat_groups(prompt_lengths_P, g)))
     b = prompts_BL.shape[0]
     sampling = SamplingParams.make(b, rl.temperature, rl.top_k, rl.top_p)
-    args = (model, state.params, prompts_BL, repeat_groups(prompt_lengths_P, g),
-            jnp.arange(b, dtype=jnp.int32), state.key(_ROLLOUT_SALT), sampling)
-    kw = dict(max_new_tokens=max_new_tokens, stop_tokens=stop_tokens, pad_id=pad_id)
+    args = (model, state.params, prompts_BL, plen_B, _rows(layout, jnp.arange(b, dtype=jnp.int32)),
+            state.key(_ROLLOUT_SALT), sampling)
+    kw = dict(max_new_tokens=max_new_tokens, stop_tokens=stop_tokens, pad_id=pad_id,
+              layout=layout)
     if not rollout_cfg.speculative:
-        return generate(*args, **kw), None
-    return das.rollout(*args, state.history, prompt_ids_P, cfg=rollout_cfg, group=g, **kw)
+        return _rows(layout, generate(*args, **kw)), None
+    out, stats = das.rollout(*args, state.history, prompt_ids_P, cfg=rollout_cfg, group=g, **kw)
+    return _rows(layout, out), stats
 
 
 def _length_stats(lengths_B):
@@ -122,10 +135,12 @@ def _length_stats(lengths_B):
 
 
 def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, prompt_lengths_P,
-                 prompt_ids_P, rollout: Rollout, rewards_B) -> tuple[TrainState, dict]:
+                 prompt_ids_P, rollout: Rollout, rewards_B, *,
+                 layout=None) -> tuple[TrainState, dict]:
     g = rl.num_generations
-    prompts_BL = repeat_groups(prompts_PL, g)
-    plen_B = repeat_groups(prompt_lengths_P, g)
+    prompts_BL, plen_B = _rows(layout, (repeat_groups(prompts_PL, g),
+                                        repeat_groups(prompt_lengths_P, g)))
+    rollout, rewards_B = _rows(layout, (rollout, rewards_B))
     tokens_BN, lengths_B = rollout.tokens_BN, rollout.lengths_B
     b, n = tokens_BN.shape
     if b % rl.num_minibatches:
@@ -160,7 +175,7 @@ def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, pr
     ref_BN = logprobs_of(state.ref_params) if rl.kl_coef > 0 else None
 
     def minibatch(state, rows_M):
-        take = lambda x: x[rows_M]  # noqa: E731
+        take = lambda x: _rows(layout, x[rows_M])  # noqa: E731
 
         def loss_fn(params):
             logits_MNV = completion_logits(model, params, take(prompts_BL), take(plen_B),
@@ -205,7 +220,8 @@ def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, pr
 
 
 def make_step(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig, reward, *,
-              max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int):
+              max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int,
+              layout=None, state_sharding=None):
     """`step(state, prompts_PL, prompt_lengths_P, reward_inputs_P, prompt_ids_P) ->
     (state, metrics)`.
 
@@ -213,25 +229,41 @@ def make_step(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig, rewa
     a list of answers for a host reward. `prompt_ids_P` (int32) names each prompt across
     steps, for the rollout history of speculative decoding (`rollout_cfg.speculative`; the
     state must then carry a `History`). A JAX reward without `rl.split_phases` makes
-    rollout, reward and update one jit with the state donated. A host reward, or `rl.split_phases`, runs three jits and
-    reports each phase's wall time (`time/*_s`); the results are the same.
+    rollout, reward and update one jit with the state donated. A host reward, or
+    `rl.split_phases`, runs three jits and reports each phase's wall time (`time/*_s`); the
+    results are the same.
+
+    With a `sharding.Layout` the rollout rows, KV cache and minibatches are split over the
+    batch axes, and the new state keeps `state_sharding` (`state.shardings`). A host reward
+    then scores each process's own rows (`reward_inputs_P` is the whole batch's list).
     """
     g = rl.num_generations
     rollout = functools.partial(rollout_phase, model, rl, rollout_cfg,
                                 max_new_tokens=max_new_tokens, stop_tokens=stop_tokens,
-                                pad_id=pad_id)
-    update = functools.partial(update_phase, model, rl)
+                                pad_id=pad_id, layout=layout)
+    update = functools.partial(update_phase, model, rl, layout=layout)
+    keep = {} if state_sharding is None else {"out_shardings": (state_sharding,
+                                                                layout.replicated)}
 
     def rewards_of(out, inputs_P):
-        inputs_B = ([x for x in inputs_P for _ in range(g)] if reward.is_host
-                    else repeat_groups(inputs_P, g))
-        return reward(out.tokens_BN, out.lengths_B, out.finished_B, inputs_B)
+        if not reward.is_host:
+            return reward(out.tokens_BN, out.lengths_B, out.finished_B, repeat_groups(inputs_P, g))
+        if layout is None:
+            return reward(out.tokens_BN, out.lengths_B, out.finished_B,
+                          [x for x in inputs_P for _ in range(g)])
+        rows = sharding.process_rows(out.lengths_B.sharding, out.lengths_B.shape)
+        inputs_B = [x for x in inputs_P for _ in range(g)][rows]
+        rewards, metrics = reward(*map(sharding.local_rows, (out.tokens_BN, out.lengths_B,
+                                                             out.finished_B)), inputs_B)
+        return (jax.make_array_from_process_local_data(out.lengths_B.sharding, rewards,
+                                                       out.lengths_B.shape),
+                rewards_lib.across_processes(metrics))
 
     def rollout_metrics(out, stats):
         return {} if stats is None else das.metrics(stats, out.lengths_B)
 
     if not reward.is_host and not rl.split_phases:
-        @functools.partial(jax.jit, donate_argnums=0)
+        @functools.partial(jax.jit, donate_argnums=0, **keep)
         def step(state, prompts_PL, prompt_lengths_P, targets_PT, prompt_ids_P):
             out, stats = rollout(state, prompts_PL, prompt_lengths_P, prompt_ids_P)
             rewards_B, reward_metrics = rewards_of(out, targets_PT)
@@ -242,7 +274,7 @@ def make_step(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig, rewa
 
     rollout_jit = jax.jit(rollout)
     reward_fn = rewards_of if reward.is_host else jax.jit(rewards_of)
-    update_jit = jax.jit(update, donate_argnums=0)
+    update_jit = jax.jit(update, donate_argnums=0, **keep)
 
     def split_step(state, prompts_PL, prompt_lengths_P, inputs_P, prompt_ids_P):
         t0 = time.perf_counter()

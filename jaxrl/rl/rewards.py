@@ -125,6 +125,20 @@ class HostReward:
         return rewards, metrics
 
 
+_COUNTS = ("reward_errors", "reward_timeouts", "reward_invalid")
+
+
+def across_processes(metrics: dict) -> dict:
+    """A host reward's metrics over every process's rows: counts summed, rates averaged
+    (every process scores the same number of rows). Every process must call it."""
+    if jax.process_count() == 1:
+        return metrics
+    from jax.experimental import multihost_utils
+    gathered = multihost_utils.process_allgather(
+        {k: np.asarray(v, np.int32 if k in _COUNTS else np.float32) for k, v in metrics.items()})
+    return {k: int(v.sum()) if k in _COUNTS else float(v.mean()) for k, v in gathered.items()}
+
+
 def for_source(source, format_coef: float):
     """The reward of a prompt source (tasks/prompts.py): its task's JAX checker in the step
     when it has a task, else its host `check` with the format test `has_answer`."""

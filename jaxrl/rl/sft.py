@@ -39,8 +39,13 @@ def sft_loss(model: Decoder, params, prompts_PL, prompt_lengths_P, solutions_PN,
     return nll, {"token_accuracy": hits.sum() / jnp.maximum(mask_PN.sum(), 1)}
 
 
-def make_sft_step(model: Decoder):
-    @functools.partial(jax.jit, donate_argnums=0)
+def make_sft_step(model: Decoder, layout=None, state_sharding=None):
+    """`step(state, prompts_PL, prompt_lengths_P, solutions_PN, solution_lengths_P)`; with a
+    `sharding.Layout` the new state keeps `state_sharding` (the batch comes placed)."""
+    keep = {} if state_sharding is None else {"out_shardings": (state_sharding,
+                                                                layout.replicated)}
+
+    @functools.partial(jax.jit, donate_argnums=0, **keep)
     def step(state: TrainState, prompts_PL, prompt_lengths_P, solutions_PN, solution_lengths_P):
         (loss, metrics), grads = jax.value_and_grad(
             functools.partial(sft_loss, model), has_aux=True)(

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxrl import sharding
 from jaxrl.config_utils import at_least
 
 
@@ -62,9 +63,26 @@ def make_optimizer(opt: OptimConfig, schedule: optax.Schedule) -> optax.Gradient
 
 def create(params, tx: optax.GradientTransformation, seed: int, with_reference: bool,
            history=None) -> TrainState:
+    # The reference gets its own buffers: the steps donate the state, and XLA refuses to
+    # donate one buffer twice.
     return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                       rng=jax.random.key_data(jax.random.key(seed)),
-                      ref_params=params if with_reference else None, tx=tx, history=history)
+                      ref_params=jax.tree.map(jnp.copy, params) if with_reference else None,
+                      tx=tx, history=history)
+
+
+def shardings(state: TrainState, param_axes, layout: sharding.Layout) -> TrainState:
+    """Where each leaf of `state` lives: params and the reference policy by their logical
+    axes, the optimizer state as its params (optax states mirror the param tree; counts
+    replicated), the DAS history's prompt slots over the batch axes, the rest replicated."""
+    params = layout.tree(param_axes, state.params)
+    batch = lambda x: layout.sharding(("batch",), x.shape)  # noqa: E731
+    return state.replace(
+        step=layout.replicated, rng=layout.replicated, params=params,
+        opt_state=optax.tree_map_params(state.tx, lambda _, s: s, state.opt_state, params,
+                                        transform_non_params=lambda _: layout.replicated),
+        ref_params=None if state.ref_params is None else params,
+        history=None if state.history is None else jax.tree.map(batch, state.history))
 
 
 def apply_gradients(state: TrainState, grads) -> tuple[TrainState, dict]:

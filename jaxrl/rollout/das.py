@@ -92,14 +92,15 @@ def init_history(cfg: RolloutConfig, num_prompts: int | None, group: int,
 def rollout(model: Decoder, params, prompts_BL, prompt_lengths_B, uids_B, key,
             sampling: SamplingParams, history: drafter.History, prompt_ids_P, *,
             cfg: RolloutConfig, group: int, max_new_tokens: int,
-            stop_tokens: tuple[int, ...], pad_id: int) -> tuple[Rollout, speculative.SpecStats]:
+            stop_tokens: tuple[int, ...], pad_id: int,
+            layout=None) -> tuple[Rollout, speculative.SpecStats]:
     """The tokens plain decoding gives, drafted from each prompt's past rollouts."""
     past_PRN, past_lengths_PR = drafter.prompt_history(history, prompt_ids_P)
     class_P = policy.length_classes(past_lengths_PR, cfg.long_frac, cfg.medium_frac)
     return speculative.generate(model, params, prompts_BL, prompt_lengths_B, uids_B, key,
                                 sampling, past_PRN, class_P, spec=cfg, group=group,
                                 max_new_tokens=max_new_tokens, stop_tokens=stop_tokens,
-                                pad_id=pad_id)
+                                pad_id=pad_id, layout=layout)
 
 
 def record(history: drafter.History, prompt_ids_P, tokens_BN, lengths_B) -> drafter.History:

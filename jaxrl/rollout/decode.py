@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxrl.models.decoder import Decoder
-from jaxrl.models.kv_cache import init_cache
+from jaxrl.models import kv_cache
 from jaxrl.rollout.sampling import SamplingParams, sample
 
 
@@ -37,18 +37,23 @@ def _validate(prompts_BL, prompt_lengths_B, max_new_tokens):
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "stop_tokens", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "stop_tokens", "pad_id",
+                                             "layout"))
 def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: jax.Array,
              uids_B: jax.Array, base_key: jax.Array, sampling: SamplingParams, *,
-             max_new_tokens: int, stop_tokens: tuple[int, ...] = (), pad_id: int = 0) -> Rollout:
-    """Samples up to `max_new_tokens` tokens per row; rows stop at any of `stop_tokens`."""
+             max_new_tokens: int, stop_tokens: tuple[int, ...] = (), pad_id: int = 0,
+             layout=None) -> Rollout:
+    """Samples up to `max_new_tokens` tokens per row; rows stop at any of `stop_tokens`.
+    With a `sharding.Layout`, the KV cache is split like the rows."""
     _validate(prompts_BL, prompt_lengths_B, max_new_tokens)
     b, l = prompts_BL.shape
     n = max_new_tokens
     stop_S = jnp.asarray(stop_tokens or (-1,), jnp.int32)
     apply = functools.partial(model.apply, {"params": params})
 
-    cache = init_cache(model.cfg, b, l + n)
+    cache = kv_cache.init_cache(model.cfg, b, l + n)
+    if layout is not None:
+        cache = kv_cache.constrain(cache, layout)
     logits_B1V, cache = apply(prompts_BL, cache=cache, prefill=True,
                               logits_at_BK=(prompt_lengths_B - 1)[:, None])
     cache = cache.replace(lengths_B=prompt_lengths_B.astype(jnp.int32))

@@ -109,11 +109,11 @@ def measure_cost_model(forward, rows_list: tuple[int, ...], widths: tuple[int, .
     return fit_cost_model(np.asarray(tokens), np.asarray(seconds))
 
 
-def verification_timer(model: Decoder, mesh, context: int = 256):
+def verification_timer(model: Decoder, layout: sharding.Layout, context: int = 256):
     """`forward(rows, k)`: one cached forward of `k + 1` tokens on `rows` rows over a cache of
     `context` filled slots, blocking; random weights (only the time matters)."""
     params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
-                                   param_axes(model.cfg), mesh)
+                                   param_axes(model.cfg), layout)
 
     @functools.partial(jax.jit, static_argnums=(1, 2))
     def step(params, rows, k):
@@ -124,7 +124,8 @@ def verification_timer(model: Decoder, mesh, context: int = 256):
     return lambda rows, k: jax.block_until_ready(step(params, rows, k))
 
 
-def fitted_cost_model(model: Decoder, mesh, batch: int, widths: tuple[int, ...],
+def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
+                      widths: tuple[int, ...],
                       path: str | None) -> tuple[float, float]:
     """`(c_base_s, c_tok_s)` timed on this device by process 0 for all processes (every
     process must compile the same width choices) and kept at `path`, so that a resumed run
@@ -135,7 +136,7 @@ def fitted_cost_model(model: Decoder, mesh, batch: int, widths: tuple[int, ...],
             fit = json.load(f)
         logging.info("verification cost model from %s", path)
         return fit["c_base_s"], fit["c_tok_s"]
-    c_base, c_tok = measure_cost_model(verification_timer(model, mesh),
+    c_base, c_tok = measure_cost_model(verification_timer(model, layout),
                                        (batch, max(batch // 8, 1)), widths)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxrl.models.decoder import Decoder
-from jaxrl.models.kv_cache import init_cache
+from jaxrl.models import kv_cache
 from jaxrl.rollout import drafter, policy
 from jaxrl.rollout.decode import Rollout, _validate
 from jaxrl.rollout.sampling import SamplingParams, position_keys, sample
@@ -78,15 +78,16 @@ def _bucket_sizes(b: int, spec: RolloutConfig) -> list[int]:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "max_new_tokens", "stop_tokens",
-                                             "pad_id", "group"))
+                                             "pad_id", "group", "layout"))
 def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: jax.Array,
              uids_B: jax.Array, base_key: jax.Array, sampling: SamplingParams,
              history_PRN: jax.Array, class_P: jax.Array, *, spec: RolloutConfig,
              max_new_tokens: int, stop_tokens: tuple[int, ...] = (), pad_id: int = 0,
-             group: int = 1) -> tuple[Rollout, SpecStats]:
+             group: int = 1, layout=None) -> tuple[Rollout, SpecStats]:
     """Same tokens as `decode.generate`, drafting from each group's live outputs and from
     `history_PRN` (the past outputs of each of the P = B / group prompts, -1 padded; rows of
-    prompt p are `p*group .. p*group+group-1`). `class_P` is each prompt's length class."""
+    prompt p are `p*group .. p*group+group-1`). `class_P` is each prompt's length class.
+    With a `sharding.Layout`, the KV cache is split like the rows, in every bucket."""
     _validate(prompts_BL, prompt_lengths_B, max_new_tokens)
     b, l = prompts_BL.shape
     if b % group:
@@ -98,7 +99,9 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
     class_B = class_P[group_B]
     prompts_PL, plen_P = prompts_BL[::g], prompt_lengths_B[::g]
 
-    cache = init_cache(model.cfg, b, l + n + kmax + 1)
+    constrain = (lambda c: c) if layout is None else (  # noqa: E731
+        lambda c: kv_cache.constrain(c, layout))
+    cache = constrain(kv_cache.init_cache(model.cfg, b, l + n + kmax + 1))
     logits_B1V, cache = apply(prompts_BL, cache=cache, prefill=True,
                               logits_at_BK=(prompt_lengths_B - 1)[:, None])
     cache = cache.replace(lengths_B=prompt_lengths_B.astype(jnp.int32))
@@ -147,6 +150,8 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
             live_PGN = drafter.mask_outputs(out.tokens_BN, out.lengths_B).reshape(-1, g, n)
             corpus_PX = drafter.build_corpus(prompts_PL, plen_P, live_PGN, history_PRN,
                                              spec.max_match)
+            if layout is not None:  # each prompt's corpus beside its rows
+                corpus_PX = layout.rows(corpus_PX)
             d = drafter.draft(ctx_RM, corpus_PX, group_B[rows_R], jnp.where(live_R, budget_R, 0),
                               max_draft=kmax, spec_factor=spec.spec_factor,
                               min_token_prob=spec.min_token_prob,
@@ -207,7 +212,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         if level:  # live rows first (stable), then as many finished ones as fill the bucket
             rows_R, cache, last_R, out, stats = carry
             order_R = jnp.argsort(~live_of(out, rows_R), stable=True)[:size]
-            carry = (rows_R[order_R], jax.tree.map(lambda a: a[order_R], cache),
+            carry = (rows_R[order_R], constrain(jax.tree.map(lambda a: a[order_R], cache)),
                      last_R[order_R], out, stats)
         fits_next = sizes[level + 1] if level + 1 < len(sizes) else 0
 

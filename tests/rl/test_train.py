@@ -143,9 +143,9 @@ def test_fitted_cost_model_is_kept_for_a_resumed_run(tmp_path, monkeypatch):
     fits = iter([(1e-3, 2e-7), (5e-3, 9e-7)])
     monkeypatch.setattr(policy, "measure_cost_model", lambda *a, **k: next(fits))
     cfg = train_config(speculative_config())
-    mesh = sharding.make_mesh(cfg.mesh)
+    layout = sharding.make_layout(cfg.mesh, cfg.sharding)
     model = loader.load(cfg.model, cfg.seed)[0]
-    fit = lambda d: policy.fitted_cost_model(model, mesh, 4, (0, 4), str(d / "cost_model.json"))  # noqa: E731
+    fit = lambda d: policy.fitted_cost_model(model, layout, 4, (0, 4), str(d / "cost_model.json"))  # noqa: E731
     assert fit(tmp_path) == fit(tmp_path) == (1e-3, 2e-7)
     assert fit(tmp_path / "other") == (5e-3, 9e-7)
 
@@ -160,7 +160,10 @@ from jaxrl.models import config, decoder
 from jaxrl.rollout import policy
 policy.measure_cost_model = lambda *a, **k: ((pid + 1) * 1e-3, (pid + 1) * 1e-7)
 model = decoder.Decoder(config.preset("tiny"))
-fit = policy.fitted_cost_model(model, sharding.make_mesh({"data": -1}), 4, (0, 4),
+from jaxrl.config_utils import build, load_config_file
+rules = build(sharding.ShardingConfig, load_config_file(sys.argv[4]).sharding)
+layout = sharding.make_layout({"data": -1}, rules)
+fit = policy.fitted_cost_model(model, layout, 4, (0, 4),
                                workdir + "/cost_model.json")
 print("FIT", json.dumps(list(fit)))
 """
@@ -177,7 +180,7 @@ def test_fitted_cost_model_is_process_0s_on_every_process(tmp_path):
         port = str(sock.getsockname()[1])
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen([sys.executable, "-c", _COST_MODEL_WORKER, str(pid), port,
-                               str(tmp_path)],
+                               str(tmp_path), str(ROOT / "configs" / "scale.py")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for pid in (0, 1)]
     fits = []

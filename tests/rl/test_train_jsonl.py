@@ -122,8 +122,8 @@ def test_jsonl_grpo_runs_resumes_and_exports_hf(ckpt_dir, manual_dir, tmp_path):
 
     # workdir/hf holds the final policy: our loader, transformers and the checkpoint agree.
     config3 = train_config(jsonl_config(ckpt_dir, manual_dir, rl_steps=3))
-    model, source, _, state, _ = train.build(config3, sharding.make_mesh(config3.mesh),
-                                             str(tmp_path))
+    model, source, _, state, _, _ = train.build(config3, sharding.make_mesh(config3.mesh),
+                                                str(tmp_path))
     initial = jax.device_get(state.params)
     ckpt = checkpoint.Checkpointer(str(tmp_path))
     try:

@@ -1,0 +1,159 @@
+"""The training job on a mesh of 8 fake CPU devices equals the job on one device, and it
+really splits the batch (the loop used to hand every device the whole batch)."""
+import functools
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from configs import config_dict, train_config
+from jaxrl import checkpoint, sharding
+from jaxrl.jobs import train
+from jaxrl.rl import grpo
+
+MESHES = [{"data": 8, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 8, "tensor": 1},
+          {"data": 2, "fsdp": 2, "tensor": 2}]
+
+
+def das_config(mesh):
+    """2 SFT + 2 GRPO steps of the tiny policy with DAS rollouts on a pool of 2 prompts (the
+    second RL step drafts from the first's history)."""
+    c = config_dict("grpo", "model=tiny,sft_steps=2,rl_steps=2")
+    c.task.max_steps, c.task.train_pool = 1, 2
+    c.sft.batch_size = 8
+    c.rl.num_prompts, c.rl.num_generations = 2, 4
+    c.rollout.speculative = True
+    c.rollout.fit_cost_model = False  # timed: runs would differ
+    c.rollout.widths, c.rollout.compaction = (0, 4), False
+    c.eval.num_problems, c.eval.every, c.checkpoint.every = 2, 100, 100
+    # No group has a reward signal this early; a KL penalty to the pre-SFT reference gives
+    # the RL updates a gradient (and puts the reference policy on the mesh too).
+    c.rl.kl_coef, c.rl.mask_zero_signal = 0.1, False
+    c.mesh.update(mesh)
+    return c
+
+
+def run_on(config, workdir, monkeypatch, devices=None):
+    """The job in `workdir` on `devices` (default all 8); its per-step metrics and final
+    params, and the shardings of the SFT steps' batches."""
+    make_mesh, seen, build = sharding.make_mesh, [], train.build
+    monkeypatch.setattr(sharding, "make_mesh", lambda shape: make_mesh(shape, devices))
+
+    def recording_build(*args, **kwargs):
+        built = build(*args, **kwargs)
+        sft = built.steps["sft"]
+
+        def step(state, *batch):
+            seen.append([x.sharding for x in batch])
+            return sft(state, *batch)
+        return built._replace(steps={**built.steps, "sft": step})
+
+    monkeypatch.setattr(train, "build", recording_build)
+    cfg = train_config(config)
+    train.run(cfg, str(workdir))
+    rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    rows = [{k: v for k, v in r.items() if not k.startswith("time/") and k != "step_time_s"}
+            for r in rows]
+    state = build(cfg, make_mesh(cfg.mesh, devices)).state
+    with checkpoint.Checkpointer(workdir) as ckpt:
+        params = jax.device_get(ckpt.restore(state).params)
+    monkeypatch.undo()
+    return rows, params, seen
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        return run_on(das_config({"data": 1}), tmp_path_factory.mktemp("one"), mp,
+                      jax.devices()[:1])
+
+
+def batch_axes(mesh):
+    split = tuple(a for a in ("data", "fsdp") if mesh[a] > 1)
+    return split[0] if len(split) == 1 else split
+
+
+# Float metrics and params of the two runs differ only by the order of float32 sums: the
+# batch's loss and gradient sums are split over 8 devices (and, with tensor=2, the
+# contractions over heads and MLP columns), each order within (n - 1) * 2^-24 of the exact
+# sum relative to the sum of magnitudes, n <= 8 rows * 16 tokens * 64 hidden units, so
+# <= 1e-2 * 2^-24 * ... about 1e-5 relative per metric over 6 updates: rtol 1e-4, and atol
+# 1e-6 for metrics that are themselves rounding noise (sampler_trainer_logprob_gap ~1e-7).
+# A param moves by at most its learning rate per Adam update (|m_hat / sqrt(v_hat)| <= 1
+# for b1 = 0.9, b2 = 0.99 since (1 - b1) <= sqrt(1 - b2)); a gradient entry near 0 may flip
+# sign with the order, so two runs' params differ by at most 2 * sum of the step sizes:
+# SFT updates at lr 0 and 3e-3 / 20 (warmup), then 2 RL steps x 2 minibatches at 1e-4.
+PARAM_ATOL = 2 * (0.0 + 3e-3 / 20 + 4 * 1e-4)
+
+
+@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "x".join(f"{k}{v}" for k, v in m.items()))
+def test_mesh_run_equals_one_device_run(mesh, one_device, tmp_path, monkeypatch):
+    rows_1, params_1, _ = one_device
+    rows_8, params_8, seen = run_on(das_config(mesh), tmp_path, monkeypatch)
+    # The SFT batch (8 rows) is split over data x fsdp, not handed whole to every device.
+    assert len(seen) == 2
+    for s in (s for shardings in seen for s in shardings):
+        assert s.spec[0] == batch_axes(mesh) and len(s.device_set) == 8
+    assert [r["step"] for r in rows_1] == [r["step"] for r in rows_8] == [0, 1, 2, 2, 3, 4, 4]
+    assert rows_8[4]["grad_norm"] > 0 and rows_8[5]["spec/drafted"] > 0  # RL learns; DAS drafts
+    for a, b in zip(rows_1, rows_8):
+        assert a.keys() == b.keys()
+        exact = {k: v for k, v in a.items() if not isinstance(v, float)}
+        # Token counts, drafts, acceptances: the same tokens were sampled.
+        assert exact == {k: b[k] for k in exact}
+        for k in set(a) - set(exact):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=0, atol=PARAM_ATOL),
+                 params_1, params_8)
+
+
+def test_rollout_rows_and_cache_are_split(monkeypatch):
+    """The rollout phase's outputs come back split over the batch axes, and its KV cache is
+    constrained the same way (in the lowered program), on the (data=2, fsdp=2, tensor=2) mesh."""
+    mesh = MESHES[2]
+    cfg = train_config(das_config(mesh))
+    built = train.build(cfg, sharding.make_mesh(cfg.mesh))
+    batch = [sharding.shard_batch(x, built.layout) for x in built.source.rl_batch(2, 2)]
+    rollout = jax.jit(functools.partial(
+        grpo.rollout_phase, built.model, cfg.rl, cfg.rollout.replace(speculative=False),
+        max_new_tokens=built.source.max_new_tokens, stop_tokens=(1,), pad_id=0,
+        layout=built.layout))
+    compiled = rollout.lower(built.state, batch[0], batch[1], batch[3]).compile()
+    for s in (compiled.output_shardings[0].tokens_BN, compiled.output_shardings[0].lengths_B,
+              compiled.output_shardings[0].logprobs_BN):
+        assert s.spec[0] == batch_axes(mesh)
+    # Each device holds its block of the KV cache [B, K, S, D]: B / 4 rows (data x fsdp),
+    # K / 2 heads (tensor); nowhere the whole cache.
+    m = built.model.cfg
+    b, k, slots = 8, m.num_kv_heads, batch[0].shape[1] + built.source.max_new_tokens
+    text = compiled.as_text()
+    assert f"f32[{b // 4},{k // 2},{slots},{m.head_dim}]" in text
+    assert f"f32[{b},{k},{slots},{m.head_dim}]" not in text
+
+
+def test_checkpoint_saved_on_fsdp8_restores_on_data8_and_on_one_device(tmp_path):
+    """The Checkpointer restores onto the abstract state's shardings: a state saved with
+    params and AdamW moments split 8 ways comes back whole on every device of (data=8), and
+    on one device, with the saved values."""
+    def state_on(mesh, devices=None):
+        cfg = train_config(das_config(mesh))
+        return train.build(cfg, sharding.make_mesh(cfg.mesh, devices)).state
+
+    saved = state_on(MESHES[1])
+    # Values that differ from a fresh build's, so a restore that ignored the file would fail.
+    saved = saved.replace(params=jax.tree.map(lambda x: x + 1.0, saved.params),
+                          opt_state=jax.tree.map(lambda x: x + 1, saved.opt_state))
+    q = saved.params["layers_0"]["attn"]["q_proj"]["kernel"]
+    assert q.sharding.spec[0] == "fsdp"
+    want = jax.tree.leaves(jax.device_get(saved))  # leaves: each state has its own optimizer
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        ckpt.save(3, saved)
+        ckpt.wait()
+        for target in (state_on(MESHES[0]), state_on({"data": 1}, jax.devices()[:1])):
+            got = ckpt.restore(target)
+            for g, t in zip(jax.tree.leaves(got), jax.tree.leaves(target)):
+                assert g.sharding == t.sharding
+            for g, w in zip(jax.tree.leaves(jax.device_get(got)), want, strict=True):
+                np.testing.assert_array_equal(g, w)
