@@ -83,7 +83,7 @@ def get_config(arg=None):
     c.task, c.data = train.task, train.data
     c.task.train_pool = 0  # no training prompts are read
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.mesh, c.sharding, c.distributed = train.mesh, train.sharding, train.distributed
 
     if arg.data == "jsonl":
         c.sampling.max_new_tokens = 512

@@ -25,3 +25,11 @@ def rl_config(**overrides) -> RLConfig:
 
 def rollout_config(**overrides) -> RolloutConfig:
     return build(RolloutConfig, config_dict().rollout, "config.rollout").replace(**overrides)
+
+
+def layout(mesh: dict | None = None):
+    """A `sharding.Layout` over all devices by configs/scale.py's rules."""
+    from jaxrl import sharding
+
+    rules = build(sharding.ShardingConfig, config_dict().sharding, "config.sharding")
+    return sharding.make_layout(mesh or {"data": -1, "fsdp": 1, "tensor": 1}, rules)

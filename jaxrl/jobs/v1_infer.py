@@ -120,6 +120,8 @@ class V1InferConfig:
     task: prompts.TaskConfig
     data: prompts.DataConfig
     mesh: sharding.MeshConfig
+    sharding: sharding.ShardingConfig
+    distributed: sharding.DistributedConfig
 
     def __post_init__(self):
         one_of("config.job", self.job, ("v1_infer",))
@@ -173,9 +175,9 @@ def unflatten(flat: dict) -> dict:
     return out
 
 
-def restore_policy(cfg: V1InferConfig, mesh):
+def restore_policy(cfg: V1InferConfig, layout: sharding.Layout):
     """(model, params, tokenizer) of the newest checkpoint of the train run in
-    `cfg.policy_workdir`, params on `mesh`."""
+    `cfg.policy_workdir`, params placed by `layout`."""
     ckpt = checkpoint.Checkpointer(cfg.policy_workdir)
     try:
         saved = dict(ckpt.restore_metadata()["config"])
@@ -189,7 +191,7 @@ def restore_policy(cfg: V1InferConfig, mesh):
                              f"config.policy_workdir={cfg.policy_workdir!r}: "
                              + ", ".join(f"{k}={a!r} here, {b!r} there" for k, (a, b)
                                          in diff.items()))
-        built = train.build(train_cfg, mesh, cfg.policy_workdir)
+        built = train.build(train_cfg, layout.mesh, cfg.policy_workdir)
         restored = ckpt.restore_latest_valid(built.state)
     finally:
         ckpt.close()
@@ -197,11 +199,11 @@ def restore_policy(cfg: V1InferConfig, mesh):
     return built.model, restored.state.params, built.source.tokenizer
 
 
-def load_policy(cfg: V1InferConfig, mesh):
+def load_policy(cfg: V1InferConfig, layout: sharding.Layout):
     if cfg.policy_workdir:
-        return restore_policy(cfg, mesh)
+        return restore_policy(cfg, layout)
     model, params, tok = loader.load(cfg.model, cfg.seed)
-    return model, sharding.shard_params(params, param_axes(model.cfg), mesh), tok
+    return model, sharding.shard_params(params, param_axes(model.cfg), layout), tok
 
 
 def canonical_math_answer(text: str) -> str | None:
@@ -230,7 +232,7 @@ def problem_set(cfg: V1InferConfig, tok, workdir: str):
         lambda p, text: source.check(text, gold[p])), canonical_math_answer
 
 
-def sample_candidates(cfg: V1InferConfig, model, params, tok, source, mesh,
+def sample_candidates(cfg: V1InferConfig, model, params, tok, source, layout,
                       m: int) -> tuple[list[list[str]], int]:
     """`m` sampled completions per held-out problem (text before the stop token), in one
     batched call; and the tokens generated."""
@@ -241,13 +243,14 @@ def sample_candidates(cfg: V1InferConfig, model, params, tok, source, mesh,
         raise ValueError(f"the longest prompt ({prompts_PL.shape[1]} tokens) plus "
                          f"{source.max_new_tokens} new tokens (config.sampling.max_new_tokens, "
                          f"0 = the task's budget) exceeds the model's {limit} positions")
-    b, ways = p * m, mesh.shape["data"] * mesh.shape["fsdp"]
+    b, ways = p * m, max(layout.batch_ways, jax.process_count())
     rows = -(-b // ways) * ways  # pad with one-token rows to split evenly
     prompts_BL = np.full((rows, prompts_PL.shape[1]), tok.pad_id, np.int32)
     prompts_BL[:b] = np.repeat(prompts_PL, m, axis=0)
     lengths_B = np.ones(rows, np.int32)
     lengths_B[:b] = np.repeat(lengths_P, m)
-    batch = sharding.shard_batch((prompts_BL, lengths_B, np.arange(rows, dtype=np.int32)), mesh)
+    batch = sharding.shard_batch((prompts_BL, lengths_B, np.arange(rows, dtype=np.int32)),
+                                 layout)
     out = generate(model, params, *batch, jax.random.key(cfg.seed),
                    SamplingParams.make(rows, s.temperature, s.top_k, s.top_p),
                    max_new_tokens=source.max_new_tokens, stop_tokens=tuple(tok.eos_ids),
@@ -362,11 +365,11 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
 
 def run(cfg: V1InferConfig, workdir: str) -> dict:
     start = time.perf_counter()
-    mesh = sharding.make_mesh(cfg.mesh)
-    model, params, tok = load_policy(cfg, mesh)
+    layout = sharding.make_layout(cfg.mesh, cfg.sharding)
+    model, params, tok = load_policy(cfg, layout)
     source, questions, correct, answer = problem_set(cfg, tok, workdir)
     n, m = cfg.num_candidates, methods.widest(cfg.num_candidates, cfg.budgets)
-    candidates, generated = sample_candidates(cfg, model, params, tok, source, mesh, m)
+    candidates, generated = sample_candidates(cfg, model, params, tok, source, layout, m)
     check_judge_positions(cfg, model, tok, questions, candidates)
     correct_PM = np.asarray([[correct(p, t) for t in cands]
                              for p, cands in enumerate(candidates)], bool)
@@ -380,7 +383,7 @@ def run(cfg: V1InferConfig, workdir: str) -> dict:
             model, params, tok, questions, [c[:k] for c in candidates], mode=j.mode,
             debias=j.debias, reason=j.reason, seed=next(made), max_new_tokens=j.max_new_tokens,
             temperature=j.temperature, row_multiple=j.row_multiple,
-            len_multiple=j.len_multiple, max_rows=j.max_rows, mesh=mesh)
+            len_multiple=j.len_multiple, max_rows=j.max_rows, layout=layout)
 
     t = cfg.tournament
     outcomes = methods.run_all(model_judge, lambda k: model_judge(k).pointwise, answers_PM,

@@ -34,7 +34,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
 from jaxrl import sharding
 from jaxrl.models.decoder import Decoder
@@ -204,9 +203,9 @@ class ModelJudge:
     ratings in the reply count; give `max_new_tokens` room for it. Device calls take at most
     `max_rows` prompts (a round of more is run in chunks).
     Sampling is position-keyed with a fresh uid per judge row, so a judge built with the
-    same seed and fed the same calls gives the same ratings. With a `mesh`, each batch is
-    split over its batch axes (`sharding.shard_batch`), as the rollouts of training are;
-    `row_multiple` must then be a multiple of their size.
+    same seed and fed the same calls gives the same ratings. With a `layout`
+    (`sharding.Layout`), each batch is split over its batch axes (`sharding.shard_batch`),
+    as the rollouts of training are; `row_multiple` must then be a multiple of their size.
     """
 
     def __init__(self, model: Decoder, params, tokenizer: Tokenizer, problems: Sequence[str],
@@ -214,7 +213,7 @@ class ModelJudge:
                  debias: bool = True, reason: bool = False, seed: int = 0,
                  max_new_tokens: int = 16,
                  temperature: float = 1.0, row_multiple: int = 8, len_multiple: int = 16,
-                 max_rows: int = 64, mesh: Mesh | None = None):
+                 max_rows: int = 64, layout: sharding.Layout | None = None):
         if mode not in ("generate", "logits"):
             raise ValueError(f"mode={mode!r}; valid: 'generate', 'logits'")
         if reason and mode == "logits":
@@ -223,11 +222,9 @@ class ModelJudge:
         if len(problems) != len(candidates_text):
             raise ValueError(f"{len(problems)} problems but {len(candidates_text)} candidate "
                              "lists; need one list per problem")
-        ways = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-        if row_multiple % ways:
-            raise ValueError(f"row_multiple={row_multiple} does not split over the {ways} "
-                             f"batch devices of mesh {dict(mesh.shape)}; use a multiple of it")
-        self.mesh = mesh
+        if layout is not None:
+            layout.check_rows(row_multiple, f"row_multiple={row_multiple}")
+        self.layout = layout
         self.model, self.params, self.tokenizer = model, params, tokenizer
         self.problems, self.candidates = list(problems), [list(c) for c in candidates_text]
         self.mode, self.debias, self.reason = mode, debias, reason
@@ -267,9 +264,9 @@ class ModelJudge:
         return out
 
     def _place(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
-        if self.mesh is None:
+        if self.layout is None:
             return tuple(map(jnp.asarray, arrays))
-        return sharding.shard_batch(arrays, self.mesh)
+        return sharding.shard_batch(arrays, self.layout)
 
     def _generate(self, texts: list[str]) -> list[str]:
         return self._chunks(texts, self._generate_rows)

@@ -97,8 +97,8 @@ def test_policy_from_a_train_workdir(tmp_path):
 
     config.model.preset = "tiny"
     cfg = main.typed_config(config)[1]
-    mesh = sharding.make_mesh(cfg.mesh)
-    _, params, _ = v1_infer.restore_policy(cfg, mesh)
+    layout = sharding.make_layout(cfg.mesh, cfg.sharding)
+    _, params, _ = v1_infer.restore_policy(cfg, layout)
     _, init, _ = loader.load(cfg.model, c.seed)
     moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), params, init)
     assert all(jax.tree.leaves(moved))  # trained params, not the random init

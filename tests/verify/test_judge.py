@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import configs
+
 from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder, init_params
 from jaxrl.models.tokenizer import CharTokenizer
@@ -224,15 +226,15 @@ def test_model_judge_on_a_mesh_matches_one_device(tiny):
     from jaxrl.models.decoder import param_axes
 
     model, params = tiny
-    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    placed = sharding.shard_params(params, param_axes(model.cfg), mesh)
+    layout = configs.layout()
+    placed = sharding.shard_params(params, param_axes(model.cfg), layout)
     pairs_PR2 = np.array([[[0, 2], [1, 3]], [[2, 1], [-1, -1]]])
     one = _judge(tiny, "logits", seed=3)(pairs_PR2)
     on_mesh = judge.ModelJudge(model, placed, TOK, PROBLEMS, CANDIDATES, mode="logits", seed=3,
-                               max_new_tokens=8, mesh=mesh)
+                               max_new_tokens=8, layout=layout)
     # Same seed: the same shown orders. The same float32 math per row, split differently
     # over devices: 1e-4 on a 1-10 rating is far above any reassociation (~1e-6 relative).
     np.testing.assert_allclose(on_mesh(pairs_PR2), one, atol=1e-4)
     assert on_mesh.stats.calls == 3
-    with pytest.raises(ValueError, match="row_multiple=4 does not split over the 8 batch"):
-        judge.ModelJudge(model, placed, TOK, PROBLEMS, CANDIDATES, row_multiple=4, mesh=mesh)
+    with pytest.raises(ValueError, match="row_multiple=4 = 4 rows does not split over the batch"):
+        judge.ModelJudge(model, placed, TOK, PROBLEMS, CANDIDATES, row_multiple=4, layout=layout)
