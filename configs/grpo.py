@@ -136,6 +136,12 @@ def get_config(arg=None):
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
+    # JAX's persistent compilation cache, shared by all runs of this user: a second run, or a
+    # resumed one, reads what an earlier run compiled instead of compiling it ('' = off).
+    c.compile = ml_collections.ConfigDict()
+    c.compile.cache_dir = "~/.cache/jaxrl/xla"
+    c.compile.min_compile_time_s = 0.0  # faster compiles are not written (0 = keep all)
+
     c.data = ml_collections.ConfigDict()
     c.data.source = arg.data  # embedded (c.task) | jsonl (user math problems)
     # The jsonl source only:

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from jaxrl import sharding
+from jaxrl import compilation, sharding
 from jaxrl.config_utils import at_least, one_of
 from jaxrl.models import loader
 from jaxrl.models.decoder import param_axes
@@ -30,6 +30,7 @@ class GenerateConfig:
     num_samples: int
     sampling: SamplingConfig
     mesh: sharding.MeshConfig
+    compile: compilation.CompileConfig
 
     def __post_init__(self):
         one_of("config.job", self.job, ("generate",))
@@ -43,6 +44,7 @@ CONFIG = GenerateConfig
 
 
 def run(cfg: GenerateConfig, workdir: str) -> dict:
+    compilation.set_up_cache(cfg.compile)
     model, params, tok = loader.load(cfg.model, cfg.seed)
     mesh = sharding.make_mesh(cfg.mesh)
     params = sharding.shard_params(params, param_axes(model.cfg), mesh)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from jaxrl import checkpoint, metrics as metrics_lib, resume, sharding
+from jaxrl import checkpoint, compilation, metrics as metrics_lib, resume, sharding
 from jaxrl.config_utils import at_least, one_of
 from jaxrl.models import hf, loader
 from jaxrl.models.decoder import Decoder, param_axes
@@ -35,7 +35,7 @@ from jaxrl.workdir import workdir_lock
 # (`resume.resume_check` refuses any other difference).
 SAFE_TO_CHANGE = {"rl.steps", "eval", "checkpoint", "mesh", "rl.split_phases",
                   "rollout.verify_impl", "rollout.attention_impl", "data.manual_dir",
-                  "data.data_dir"}
+                  "data.data_dir", "compile"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,7 @@ class TrainConfig:
     checkpoint: checkpoint.CheckpointConfig
     mesh: sharding.MeshConfig
     data: prompts.DataConfig
+    compile: compilation.CompileConfig
 
     def __post_init__(self):
         one_of("config.job", self.job, ("train",))
@@ -198,6 +199,8 @@ def saved_config(cfg: TrainConfig, source) -> dict:
 
 
 def _run(cfg: TrainConfig, workdir: str) -> dict:
+    compilation.set_up_cache(cfg.compile)
+    compile_start = compilation.seconds()
     mesh = sharding.make_mesh(cfg.mesh)
     built = build(cfg, mesh, workdir)
     source, state, steps = built.source, built.state, built.steps
@@ -220,6 +223,7 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
     totals = {"time/rollout_s": 0.0, "time/reward_s": 0.0, "time/update_s": 0.0,
               "spec/drafted": 0, "spec/accepted": 0, "spec/passes": 0, "spec/plain_passes": 0}
     rl_tokens, rl_seconds = 0, 0.0
+    step_compile_s = {"sft": 0.0, "rl": 0.0}
 
     def eval_at(step):
         acc = evaluate(built, state.params, 0.0)
@@ -242,17 +246,20 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
             in_sft = step < cfg.sft.steps
             n = cfg.sft.batch_size if in_sft else cfg.rl.num_prompts
             batch = source.sft_batch(step, n) if in_sft else source.rl_batch(step, n)
-            t0 = time.perf_counter()
-            state, m = steps["sft" if in_sft else "rl"](state, *batch)
+            phase = "sft" if in_sft else "rl"
+            t0, c0 = time.perf_counter(), compilation.seconds()
+            state, m = steps[phase](state, *batch)
             m = jax.device_get(m)
-            seconds = time.perf_counter() - t0
+            seconds, compile_s = time.perf_counter() - t0, compilation.seconds() - c0
+            step_compile_s[phase] += compile_s
             step += 1
             if not in_sft:
                 rl_tokens += int(m["generated_tokens"])
                 rl_seconds += seconds
                 for k in totals:
                     totals[k] += m.get(k, 0)
-            writer.write(step, {**m, "step_time_s": seconds, "phase": 0 if in_sft else 1})
+            writer.write(step, {**m, "step_time_s": seconds, "time/compile_s": compile_s,
+                                "phase": 0 if in_sft else 1})
             shown = {"loss": m["sft_loss"]} if in_sft else {"reward": m["reward"],
                                                             "acc": m["accuracy"]}
             progress.update(step, **shown)
@@ -278,6 +285,8 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
                "rollout_tokens_per_s": (rl_tokens / totals["time/rollout_s"]
                                         if totals["time/rollout_s"] else 0.0),
                "phase_seconds": {k[5:-2]: v for k, v in totals.items() if k.startswith("time/")},
+               "compile_seconds": {**step_compile_s,
+                                   "run": compilation.seconds() - compile_start},
                **{k: v for k, v in totals.items() if k.startswith("spec/")}}
     print(metrics_lib.summary_table(summary_rows(summary)))
     return summary
@@ -299,6 +308,9 @@ def summary_rows(summary: dict) -> list[tuple[str, Any]]:
                   f"{d} / {a} ({100 * a / max(d, 1):.0f}%)"),
                  ("speculation: decode passes (plain decoding's steps)",
                   f"{summary['spec/passes']} ({summary['spec/plain_passes']})")]
+    c = summary["compile_seconds"]
+    rows += [("compile seconds: SFT steps / RL steps / whole run (build, eval included)",
+              f"{c['sft']:.1f} / {c['rl']:.1f} / {c['run']:.1f}")]
     phases = summary["phase_seconds"]
     if any(phases.values()):
         rows += [(f"RL time in {k}", f"{v:.1f}s ({100 * v / sum(phases.values()):.0f}%)")
