@@ -153,7 +153,8 @@ def build(cfg: TrainConfig, mesh, workdir: str = "") -> Built:
         if rollout_cfg.fit_cost_model:
             c_base, c_tok = policy.fitted_cost_model(
                 model, mesh, rl.num_prompts * rl.num_generations, rollout_cfg.widths,
-                os.path.join(workdir, "cost_model.json") if workdir else None)
+                os.path.join(workdir, "cost_model.json") if workdir else None,
+                shared_dir=cfg.compile.cache_dir)
             rollout_cfg = rollout_cfg.replace(cost_base=c_base, cost_per_token=c_tok)
         history = das.init_history(rollout_cfg, source.num_prompts, rl.num_generations,
                                    source.max_new_tokens)
@@ -221,7 +222,8 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
     preemption = checkpoint.PreemptionGuard()
     accuracy, accuracy_sampled = {}, {}
     totals = {"time/rollout_s": 0.0, "time/reward_s": 0.0, "time/update_s": 0.0,
-              "spec/drafted": 0, "spec/accepted": 0, "spec/passes": 0, "spec/plain_passes": 0}
+              "spec/drafted": 0, "spec/accepted": 0, "spec/passes": 0, "spec/plain_passes": 0,
+              "spec/skipped_drafts": 0}
     rl_tokens, rl_seconds = 0, 0.0
     step_compile_s = {"sft": 0.0, "rl": 0.0}
 
@@ -307,7 +309,8 @@ def summary_rows(summary: dict) -> list[tuple[str, Any]]:
         rows += [("speculation: drafted / accepted tokens",
                   f"{d} / {a} ({100 * a / max(d, 1):.0f}%)"),
                  ("speculation: decode passes (plain decoding's steps)",
-                  f"{summary['spec/passes']} ({summary['spec/plain_passes']})")]
+                  f"{summary['spec/passes']} ({summary['spec/plain_passes']})"),
+                 ("speculation: passes that skipped drafting", summary["spec/skipped_drafts"])]
     c = summary["compile_seconds"]
     rows += [("compile seconds: SFT steps / RL steps / whole run (build, eval included)",
               f"{c['sft']:.1f} / {c['rl']:.1f} / {c['run']:.1f}")]

@@ -48,6 +48,7 @@ class RolloutConfig:
     fit_cost_model: bool
     cost_base: float
     cost_per_token: float
+    draft_cost: float
     verify_impl: str
     attention_impl: str
 
@@ -70,6 +71,7 @@ class RolloutConfig:
                              f"{self.long_frac} + {self.medium_frac}")
         at_least(f"{p}.cost_base", self.cost_base, 0)
         positive(f"{p}.cost_per_token", self.cost_per_token)
+        at_least(f"{p}.draft_cost", self.draft_cost, 0)
         one_of(f"{p}.verify_impl", self.verify_impl, IMPLS)
         one_of(f"{p}.attention_impl", self.attention_impl, IMPLS)
 
@@ -113,6 +115,7 @@ def metrics(stats: speculative.SpecStats, lengths_B: jax.Array) -> dict:
     ratio = lambda a, b: a / jnp.maximum(b, 1)  # noqa: E731
     m = {"spec/passes": stats.passes, "spec/plain_passes": jnp.max(lengths_B) - 1,
          "spec/drafted": stats.drafted,
+         "spec/skipped_drafts": stats.skipped,
          "spec/accepted": stats.accepted,
          "spec/acceptance": ratio(stats.accepted, stats.drafted),
          # Tokens a row gains per verification: 1 (the bonus token) + accepted drafts.
