@@ -1,9 +1,9 @@
 """Benchmarks behind BENCHMARKS.md, run from the repository root as `python -m bench.NAME`
-(decode, grpo, rollout, das_pass, kernel_sampling, kernel_attention); `common.py` holds what
-they share.
+(decode, grpo, rollout, das_pass, kernel_sampling, kernel_attention, compile_time,
+sft_padding); `common.py` holds what they share.
 
-`bench.grpo` and `bench.rollout` load `configs/grpo.py`, an ml-collections file; the GPU
-machines' image lacks ml-collections (a pure-Python wheel; its needs, absl-py and PyYAML,
+`bench.grpo`, `bench.rollout` and `bench.compile_time` load `configs/grpo.py`, an
+ml-collections file; the GPU machines' image lacks ml-collections (a pure-Python wheel; its needs, absl-py and PyYAML,
 are there). Carry it as the device notes say (/work/.library/device/README.md, Notes):
 fetch it here, in the repository root (`.gitignore` keeps `/.whl/` out of git), with
 

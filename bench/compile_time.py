@@ -41,7 +41,8 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="qwen2_0p5b")
     p.add_argument("--layers", type=int, default=0, help="override the preset's layer count")
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                   help="activations (config.model.dtype)")
     p.add_argument("--real-vocab", action="store_true",
                    help="the preset's vocabulary size (its real logits cost), not the tokenizer's")
     p.add_argument("--task", default="sort")
@@ -61,7 +62,7 @@ def job_config(args, cache_dir: str) -> train.TrainConfig:
     c = load_config_file(CONFIG_FILE, f"task={args.task},difficulty={args.difficulty},"
                          f"model={args.preset},sft_steps={args.sft_steps},rl_steps=1,"
                          f"speculative={args.speculative}")
-    c.model.dtype = c.model.param_dtype = args.dtype
+    c.model.dtype = args.dtype  # activations; params stay in the config's dtype, as in the job
     c.model.vocab_size = model_config.PRESETS[args.preset].vocab_size if args.real_vocab else 0
     c.rl.num_prompts, c.rl.num_generations = args.num_prompts, args.num_generations
     c.compile.cache_dir = cache_dir
