@@ -3,8 +3,8 @@
 sft_padding); `common.py` holds what they share.
 
 `bench.grpo`, `bench.rollout` and `bench.compile_time` load `configs/grpo.py`, an
-ml-collections file; the GPU machines' image lacks ml-collections (a pure-Python wheel; its needs, absl-py and PyYAML,
-are there). Carry it as the device notes say (/work/.library/device/README.md, Notes):
+ml-collections file; the GPU machines' image lacks ml-collections (a pure-Python wheel; its
+needs, absl-py and PyYAML, are there). Carry it as the device notes say (/work/.library/device/README.md, Notes):
 fetch it here, in the repository root (`.gitignore` keeps `/.whl/` out of git), with
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
