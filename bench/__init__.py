@@ -1,10 +1,10 @@
 """Benchmarks behind BENCHMARKS.md, run from the repository root as `python -m bench.NAME`
 (decode, grpo, rollout, das_pass, kernel_sampling, kernel_attention, v1_synthetic,
-v1_judge_round); `common.py` holds what they share.
+v1_judge_round, compile_time, sft_padding); `common.py` holds what they share.
 
-`bench.grpo` and `bench.rollout` load `configs/grpo.py`, an ml-collections file; the GPU
-machines' image lacks ml-collections (a pure-Python wheel; its needs, absl-py and PyYAML,
-are there). Carry it as the device notes say (/work/.library/device/README.md, Notes):
+`bench.grpo`, `bench.rollout` and `bench.compile_time` load `configs/grpo.py`, an
+ml-collections file; the GPU machines' image lacks ml-collections (a pure-Python wheel; its
+needs, absl-py and PyYAML, are there). Carry it as the device notes say (/work/.library/device/README.md, Notes):
 fetch it here, in the repository root (`.gitignore` keeps `/.whl/` out of git), with
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \

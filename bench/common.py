@@ -196,13 +196,13 @@ def train_config(arg: str | None, overrides: dict):
     return build(TrainConfig, config)
 
 
-def sft_steps(built, num_steps: int, batch_size: int, pad_multiple: int | None = 16):
+def sft_steps(built, num_steps: int, batch_size: int, bucketed: bool = True):
     """Runs the training job's SFT step (`built.steps["sft"]`) on the embedded task's SFT
     batches of steps 0 .. num_steps - 1 (tasks/batches.py), yielding `(step, batch, state,
     metrics, seconds)` after each: the state after it, its metrics on the host and its
-    wall time (the metrics' fetch included). Solutions pad to the batch's longest rounded
-    up to `pad_multiple` (16: the job's `sft_batch`; a larger one: fewer compiles), or to
-    the task's budget (None: one compile). The step donates the state: use the yielded one."""
+    wall time (the metrics' fetch included). Solutions pad to the job's length bucket
+    (`batches.bucket_len`, as `sft_batch` does), or to the task's budget (bucketed=False:
+    one compile). The step donates the state: use the yielded one."""
     import jax
 
     from jaxrl.tasks import batches
@@ -210,8 +210,8 @@ def sft_steps(built, num_steps: int, batch_size: int, pad_multiple: int | None =
     source, state = built.source, built.state
     for step in range(num_steps):
         problems = batches.train_problems(source.task, source.seed, step, batch_size)
-        n_sol = (source.solution_len if pad_multiple is None
-                 else batches.bucket_len(problems, source.solution_len, pad_multiple))
+        n_sol = (batches.bucket_len(problems, source.solution_len) if bucketed
+                 else source.solution_len)
         b = batches.encode(problems, source.prompt_len, n_sol)
         t0 = time.perf_counter()
         state, m = built.steps["sft"](state, b.prompts_PL, b.prompt_lengths_P, b.solutions_PN,

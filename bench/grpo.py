@@ -289,7 +289,7 @@ def main(args: argparse.Namespace) -> None:
     sft_rows = report["sft"]["steps"]
     compiles = CompileClock()
     for step, b, state, m, seconds in common.sft_steps(
-            built, args.sft_steps, args.sft_batch, None if args.sft_pad == "full" else 16):
+            built, args.sft_steps, args.sft_batch, args.sft_pad != "full"):
         n_sol = b.solutions_PN.shape[1]
         real_t = b.prompt_lengths_P.astype(np.float64) + b.solution_lengths_P
         sft_rows.append({

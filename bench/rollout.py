@@ -138,8 +138,7 @@ def main(argv=None):
     report = {**common.run_info("rollout", argv), "args": vars(args),
               "params": model.cfg.num_params(), "steps": []}
 
-    for step, _, state, m, seconds in common.sft_steps(built, args.sft_steps, args.sft_batch,
-                                                       pad_multiple=128):
+    for step, _, state, m, seconds in common.sft_steps(built, args.sft_steps, args.sft_batch):
         if step % 100 == 0 or step == args.sft_steps:
             log(f"sft {step}/{args.sft_steps}: loss {float(m['sft_loss']):.3f} "
                 f"token acc {float(m['token_accuracy']):.3f}")

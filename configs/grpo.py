@@ -125,6 +125,9 @@ def get_config(arg=None):
     c.rollout.fit_cost_model = True  # time verification passes at start (DIR/cost_model.json)
     c.rollout.cost_base = 1.0  # else: pass cost = cost_base + cost_per_token * tokens
     c.rollout.cost_per_token = 0.002
+    # A drafting pass (corpus build + draft) costs draft_cost * cost_base more; a pass skips
+    # drafting where no width is then expected to beat plain decoding (0 = drafting is free).
+    c.rollout.draft_cost = 0.0
     c.rollout.verify_impl = "auto"  # auto | pallas | reference (kernels/speculative_sampling)
     c.rollout.attention_impl = "reference"  # auto | pallas | reference (kernels/ragged_attention)
 
@@ -137,6 +140,7 @@ def get_config(arg=None):
     c.checkpoint.max_to_keep = 2
 
     c.update(load_config_file(str(pathlib.Path(__file__).with_name("scale.py"))))
+
 
     c.data = ml_collections.ConfigDict()
     c.data.source = arg.data  # embedded (c.task) | jsonl (user math problems)

@@ -1,5 +1,6 @@
-"""The mesh, the partition rules and the multi-host runtime: the sections every job's config
-takes from here (configs/grpo.py, configs/generate.py), so one table serves them all.
+"""The mesh, the partition rules, the multi-host runtime and the compilation cache: the
+sections every job's config takes from here (configs/grpo.py, configs/generate.py,
+configs/v1_infer.py), so one table serves them all.
 
     --config.mesh.data=2 --config.mesh.fsdp=4          # one size may be -1: all the rest
     --config.sharding.rules.embed=fsdp                 # a tuple of mesh axes; () = replicated
@@ -37,4 +38,9 @@ def get_config(arg=None):
     c.distributed.coordinator_address = ""  # host:port of process 0
     c.distributed.num_processes = -1
     c.distributed.process_id = -1
+    # JAX's persistent compilation cache, shared by all runs of this user: a second run, or a
+    # resumed one, reads what an earlier run compiled instead of compiling it ('' = off).
+    c.compile = ml_collections.ConfigDict()
+    c.compile.cache_dir = "~/.cache/jaxrl/xla"
+    c.compile.min_compile_time_s = 0.0  # faster compiles are not written (0 = keep all)
     return c

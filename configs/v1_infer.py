@@ -83,7 +83,8 @@ def get_config(arg=None):
     c.task, c.data = train.task, train.data
     c.task.train_pool = 0  # no training prompts are read
 
-    c.mesh, c.sharding, c.distributed = train.mesh, train.sharding, train.distributed
+    c.mesh, c.sharding, c.distributed, c.compile = (train.mesh, train.sharding,
+                                                    train.distributed, train.compile)
 
     if arg.data == "jsonl":
         c.sampling.max_new_tokens = 512

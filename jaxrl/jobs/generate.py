@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from jaxrl import sharding
+from jaxrl import compilation, sharding
 from jaxrl.config_utils import at_least, one_of
 from jaxrl.models import loader
 from jaxrl.models.decoder import param_axes
@@ -32,6 +32,7 @@ class GenerateConfig:
     mesh: sharding.MeshConfig
     sharding: sharding.ShardingConfig
     distributed: sharding.DistributedConfig
+    compile: compilation.CompileConfig
 
     def __post_init__(self):
         one_of("config.job", self.job, ("generate",))
@@ -45,6 +46,7 @@ CONFIG = GenerateConfig
 
 
 def run(cfg: GenerateConfig, workdir: str) -> dict:
+    compilation.set_up_cache(cfg.compile)
     model, params, tok = loader.load(cfg.model, cfg.seed)
     layout = sharding.make_layout(cfg.mesh, cfg.sharding)
     params = sharding.shard_params(params, param_axes(model.cfg), layout)

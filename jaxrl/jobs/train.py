@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from jaxrl import checkpoint, metrics as metrics_lib, resume, sharding
+from jaxrl import checkpoint, compilation, metrics as metrics_lib, resume, sharding
 from jaxrl.config_utils import at_least, one_of
 from jaxrl.models import hf, loader
 from jaxrl.models.decoder import Decoder, param_axes
@@ -35,7 +35,7 @@ from jaxrl.workdir import workdir_lock
 # (`resume.resume_check` refuses any other difference).
 SAFE_TO_CHANGE = {"rl.steps", "eval", "checkpoint", "mesh", "sharding", "distributed",
                   "rl.split_phases", "rollout.verify_impl", "rollout.attention_impl",
-                  "data.manual_dir", "data.data_dir"}
+                  "data.manual_dir", "data.data_dir", "compile"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,7 @@ class TrainConfig:
     sharding: sharding.ShardingConfig
     distributed: sharding.DistributedConfig
     data: prompts.DataConfig
+    compile: compilation.CompileConfig
 
     def __post_init__(self):
         one_of("config.job", self.job, ("train",))
@@ -168,7 +169,8 @@ def build(cfg: TrainConfig, mesh, workdir: str = "") -> Built:
         if rollout_cfg.fit_cost_model:
             c_base, c_tok = policy.fitted_cost_model(
                 model, layout, rl.num_prompts * rl.num_generations, rollout_cfg.widths,
-                os.path.join(workdir, "cost_model.json") if workdir else None)
+                os.path.join(workdir, "cost_model.json") if workdir else None,
+                shared_dir=cfg.compile.cache_dir)
             rollout_cfg = rollout_cfg.replace(cost_base=c_base, cost_per_token=c_tok)
         history = das.init_history(rollout_cfg, source.num_prompts, rl.num_generations,
                                    source.max_new_tokens)
@@ -217,6 +219,8 @@ def saved_config(cfg: TrainConfig, source) -> dict:
 
 
 def _run(cfg: TrainConfig, workdir: str) -> dict:
+    compilation.set_up_cache(cfg.compile)
+    compile_start = compilation.seconds()
     mesh = sharding.make_mesh(cfg.mesh)
     built = build(cfg, mesh, workdir)
     source, state, steps = built.source, built.state, built.steps
@@ -238,8 +242,10 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
     preemption = checkpoint.PreemptionGuard()
     accuracy, accuracy_sampled = {}, {}
     totals = {"time/rollout_s": 0.0, "time/reward_s": 0.0, "time/update_s": 0.0,
-              "spec/drafted": 0, "spec/accepted": 0, "spec/passes": 0, "spec/plain_passes": 0}
+              "spec/drafted": 0, "spec/accepted": 0, "spec/passes": 0, "spec/plain_passes": 0,
+              "spec/skipped_drafts": 0}
     rl_tokens, rl_seconds = 0, 0.0
+    step_compile_s = {"sft": 0.0, "rl": 0.0}
 
     def eval_at(step):
         acc = evaluate(built, state.params, 0.0)
@@ -267,17 +273,20 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
             # Each process feeds its rows; a host reward's inputs stay a list (grpo.make_step).
             batch = [x if isinstance(x, list) else sharding.shard_batch(x, built.layout)
                      for x in batch]
-            t0 = time.perf_counter()
-            state, m = steps["sft" if in_sft else "rl"](state, *batch)
+            phase = "sft" if in_sft else "rl"
+            t0, c0 = time.perf_counter(), compilation.seconds()
+            state, m = steps[phase](state, *batch)
             m = jax.device_get(m)
-            seconds = time.perf_counter() - t0
+            seconds, compile_s = time.perf_counter() - t0, compilation.seconds() - c0
+            step_compile_s[phase] += compile_s
             step += 1
             if not in_sft:
                 rl_tokens += int(m["generated_tokens"])
                 rl_seconds += seconds
                 for k in totals:
                     totals[k] += m.get(k, 0)
-            writer.write(step, {**m, "step_time_s": seconds, "phase": 0 if in_sft else 1})
+            writer.write(step, {**m, "step_time_s": seconds, "time/compile_s": compile_s,
+                                "phase": 0 if in_sft else 1})
             shown = {"loss": m["sft_loss"]} if in_sft else {"reward": m["reward"],
                                                             "acc": m["accuracy"]}
             if lead:
@@ -309,6 +318,8 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
                "rollout_tokens_per_s": (rl_tokens / totals["time/rollout_s"]
                                         if totals["time/rollout_s"] else 0.0),
                "phase_seconds": {k[5:-2]: v for k, v in totals.items() if k.startswith("time/")},
+               "compile_seconds": {**step_compile_s,
+                                   "run": compilation.seconds() - compile_start},
                **{k: v for k, v in totals.items() if k.startswith("spec/")}}
     if lead:
         print(metrics_lib.summary_table(summary_rows(summary)))
@@ -330,7 +341,11 @@ def summary_rows(summary: dict) -> list[tuple[str, Any]]:
         rows += [("speculation: drafted / accepted tokens",
                   f"{d} / {a} ({100 * a / max(d, 1):.0f}%)"),
                  ("speculation: decode passes (plain decoding's steps)",
-                  f"{summary['spec/passes']} ({summary['spec/plain_passes']})")]
+                  f"{summary['spec/passes']} ({summary['spec/plain_passes']})"),
+                 ("speculation: passes that skipped drafting", summary["spec/skipped_drafts"])]
+    c = summary["compile_seconds"]
+    rows += [("compile seconds: SFT steps / RL steps / whole run (build, eval included)",
+              f"{c['sft']:.1f} / {c['rl']:.1f} / {c['run']:.1f}")]
     phases = summary["phase_seconds"]
     if any(phases.values()):
         rows += [(f"RL time in {k}", f"{v:.1f}s ({100 * v / sum(phases.values()):.0f}%)")

@@ -30,7 +30,7 @@ import time
 import jax
 import numpy as np
 
-from jaxrl import checkpoint, sharding
+from jaxrl import checkpoint, compilation, sharding
 from jaxrl.config_utils import at_least, build, one_of, positive
 from jaxrl.jobs import train
 from jaxrl.models import loader
@@ -122,6 +122,7 @@ class V1InferConfig:
     mesh: sharding.MeshConfig
     sharding: sharding.ShardingConfig
     distributed: sharding.DistributedConfig
+    compile: compilation.CompileConfig
 
     def __post_init__(self):
         one_of("config.job", self.job, ("v1_infer",))
@@ -365,6 +366,7 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
 
 def run(cfg: V1InferConfig, workdir: str) -> dict:
     start = time.perf_counter()
+    compilation.set_up_cache(cfg.compile)
     layout = sharding.make_layout(cfg.mesh, cfg.sharding)
     model, params, tok = load_policy(cfg, layout)
     source, questions, correct, answer = problem_set(cfg, tok, workdir)

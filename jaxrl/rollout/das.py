@@ -48,13 +48,16 @@ class RolloutConfig:
     fit_cost_model: bool
     cost_base: float
     cost_per_token: float
+    draft_cost: float
     verify_impl: str
     attention_impl: str
 
     def __post_init__(self):
         p = "config.rollout"
-        if not self.widths or min(self.widths) < 0 or len(set(self.widths)) != len(self.widths):
-            raise ValueError(f"{p}.widths must be distinct ints >= 0, got {self.widths}")
+        if (0 not in self.widths or min(self.widths) < 0
+                or len(set(self.widths)) != len(self.widths)):
+            raise ValueError(f"{p}.widths must be distinct ints >= 0 including 0 (a pass "
+                             f"without drafts), got {self.widths}")
         for name in ("window", "max_match", "max_candidates", "min_bucket"):
             at_least(f"{p}.{name}", getattr(self, name), 1)
         at_least(f"{p}.history_slots", self.history_slots, 0)
@@ -70,6 +73,7 @@ class RolloutConfig:
                              f"{self.long_frac} + {self.medium_frac}")
         at_least(f"{p}.cost_base", self.cost_base, 0)
         positive(f"{p}.cost_per_token", self.cost_per_token)
+        at_least(f"{p}.draft_cost", self.draft_cost, 0)
         one_of(f"{p}.verify_impl", self.verify_impl, IMPLS)
         one_of(f"{p}.attention_impl", self.attention_impl, IMPLS)
 
@@ -114,6 +118,7 @@ def metrics(stats: speculative.SpecStats, lengths_B: jax.Array) -> dict:
     ratio = lambda a, b: a / jnp.maximum(b, 1)  # noqa: E731
     m = {"spec/passes": stats.passes, "spec/plain_passes": jnp.max(lengths_B) - 1,
          "spec/drafted": stats.drafted,
+         "spec/skipped_drafts": stats.skipped,
          "spec/accepted": stats.accepted,
          "spec/acceptance": ratio(stats.accepted, stats.drafted),
          # Tokens a row gains per verification: 1 (the bonus token) + accepted drafts.

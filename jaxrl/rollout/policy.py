@@ -9,6 +9,7 @@ few compiled ones by expected tokens per second under `t = c_base + c_tok * toke
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import time
@@ -60,6 +61,56 @@ def draft_budgets(class_B: jax.Array, active: jax.Array, batch: int,
         return jnp.full(class_B.shape, min(class_budgets[MEDIUM], max_draft), jnp.int32)
     base_B = jnp.asarray(class_budgets, jnp.int32)[class_B]
     return jnp.minimum(base_B * tail_boost(active, batch), max_draft)
+
+
+def largest_budget(class_budgets: tuple[int, int, int], max_draft: int, length_aware: bool,
+                   batch: int) -> int:
+    """The most tokens `draft_budgets` can give a row of a batch of `batch` rows."""
+    top = max(class_budgets) * batch if length_aware else class_budgets[MEDIUM]
+    return min(top, max_draft)
+
+
+def pass_seconds(k: int, rows: int, cost_base: float, cost_per_token: float,
+                 draft_cost: float) -> float:
+    """The cost model's seconds for a pass over `rows` rows verifying `k` drafted tokens each;
+    a pass with k > 0 also drafts, which costs `draft_cost` times `cost_base`."""
+    return cost_base * (1.0 + (draft_cost if k else 0.0)) + cost_per_token * rows * (k + 1)
+
+
+def drafting_can_pay(widths: tuple[int, ...], rows: int, budget: int, cost_base: float,
+                     cost_per_token: float, draft_cost: float) -> bool:
+    """Whether any width > 0 beats plain decoding (width 0) over `rows` rows if every row is
+    live and drafts `budget` tokens that are all accepted: the best case. Known when a bucket
+    is compiled; False leaves the drafter out of its program. True without a width 0."""
+    if 0 not in widths:
+        return True
+    plain = 1.0 / pass_seconds(0, rows, cost_base, cost_per_token, draft_cost)
+    return any((1.0 + min(k, budget)) / pass_seconds(k, rows, cost_base, cost_per_token,
+                                                     draft_cost) > plain
+               for k in widths if k)
+
+
+def predicted_acceptance(accepted: jax.Array, drafted: jax.Array, prior: int) -> jax.Array:
+    """The share of the next drafts expected to be accepted: this rollout's accepted / drafted
+    so far, after `prior` drafted tokens counted as accepted, so that a rollout starts by
+    drafting and one unlucky pass does not stop it."""
+    return (accepted + prior) / (drafted + prior)
+
+
+def drafting_pays(budget_B: jax.Array, live_B: jax.Array, acceptance: jax.Array,
+                  widths: tuple[int, ...], rows: int, cost_base: float, cost_per_token: float,
+                  draft_cost: float) -> jax.Array:
+    """Whether some width k > 0 is expected to beat plain decoding on this pass, each live row
+    gaining `1 + acceptance * min(k, budget)` tokens (acceptance = accepted / drafted tokens)
+    at `pass_seconds` each: False skips the drafter. True without a width 0."""
+    if 0 not in widths:
+        return jnp.bool_(True)
+    live_f = live_B.astype(jnp.float32)
+    plain = jnp.sum(live_f) / pass_seconds(0, rows, cost_base, cost_per_token, draft_cost)
+    best = jnp.max(jnp.stack([
+        jnp.sum(live_f * (1.0 + acceptance * jnp.minimum(k, budget_B)))
+        / pass_seconds(k, rows, cost_base, cost_per_token, draft_cost) for k in widths if k]))
+    return best > plain
 
 
 def choose_width(probs_BD: jax.Array, live_B: jax.Array, widths: tuple[int, ...], rows: int,
@@ -125,28 +176,48 @@ def verification_timer(model: Decoder, layout: sharding.Layout, context: int = 2
 
 
 def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
-                      widths: tuple[int, ...],
-                      path: str | None) -> tuple[float, float]:
+                      widths: tuple[int, ...], path: str | None,
+                      shared_dir: str = "") -> tuple[float, float]:
     """`(c_base_s, c_tok_s)` timed on this device by process 0 for all processes (every
     process must compile the same width choices) and kept at `path`, so that a resumed run
     chooses the widths the interrupted one did (the tokens would not change, but the
-    speculation metrics would)."""
-    if path and os.path.exists(path):
-        with open(path) as f:
-            fit = json.load(f)
-        logging.info("verification cost model from %s", path)
-        return fit["c_base_s"], fit["c_tok_s"]
+    speculation metrics would).
+
+    A single-process run also keeps the fit in `shared_dir` (the compilation cache's
+    directory; '' = not kept), keyed by the device, the model's shape and attention, the
+    batch and the widths (delete the file to measure again), and a new run of the same key
+    reads it there: the fitted numbers are constants of the rollout program, so a run that measured them anew would miss the persistent
+    compilation cache for its biggest program."""
+    shared = ""
+    if shared_dir and jax.process_count() == 1:
+        key = repr((jax.devices()[0].device_kind, model.cfg, model.attention_impl, batch,
+                    tuple(widths)))
+        shared = os.path.join(os.path.expanduser(shared_dir), "jaxrl_cost_models",
+                              hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+    for where in (path, shared):
+        if where and os.path.exists(where):
+            with open(where) as f:
+                fit = json.load(f)
+            logging.info("verification cost model from %s", where)
+            _write_fit(path, fit)
+            return fit["c_base_s"], fit["c_tok_s"]
     c_base, c_tok = measure_cost_model(verification_timer(model, layout),
                                        (batch, max(batch // 8, 1)), widths)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         c_base, c_tok = (float(c) for c in multihost_utils.broadcast_one_to_all(
             np.asarray([c_base, c_tok])))
-    if path and jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({"device": jax.devices()[0].device_kind, "c_base_s": c_base,
-                       "c_tok_s": c_tok}, f)
+    fit = {"device": jax.devices()[0].device_kind, "c_base_s": c_base, "c_tok_s": c_tok}
+    for where in (path, shared):
+        _write_fit(where, fit)
     logging.info("verification cost model on %s: %.3g s + %.3g s/token",
                  jax.devices()[0].device_kind, c_base, c_tok)
     return c_base, c_tok
+
+
+def _write_fit(path: str | None, fit: dict) -> None:
+    """Process 0 writes `fit` to `path` unless it is there already (or `path` is empty)."""
+    if path and jax.process_index() == 0 and not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(fit, f)

@@ -14,6 +14,15 @@ so small that it costs about as much as verifying none (`policy.free_width`).
 `widths=(0,)` drafts nothing: plain decoding with the compaction below, the baseline that
 isolates what speculation adds.
 
+Speculation must never cost more than it gains, so the drafter itself (corpus build + draft)
+is skipped where the same cost model, with drafting priced at `draft_cost * cost_base`, says
+no width > 0 pays: per bucket when compiled, if not even perfect drafts of the largest budget
+would pay (`policy.drafting_can_pay`: the bucket's program has no drafter), and per pass in
+buckets that choose their width, if this rollout's acceptance so far, applied to each live
+row's budget, predicts no gain (`policy.drafting_pays`; rows of a class with budget 0, the
+DAS paper's short class, gain nothing). Free-width buckets always draft: a branch there would
+cost a device-to-host sync per pass, and drafts pay most in the tail.
+
 Finished rows stop costing compute: the batch runs in buckets of B, B/2, B/4, ... rows;
 once the live rows fit the next bucket they are gathered into it (cache included), and
 results are written back to the full-batch arrays by row index.
@@ -52,6 +61,7 @@ class SpecStats:
     active_N: jax.Array  # int32: live rows at each pass; -1 past `passes`
     bucket_N: jax.Array  # int32: bucket size (rows computed) at each pass; 0 past `passes`
     width_N: jax.Array  # int32: drafted tokens verified per row at each pass
+    skipped: jax.Array  # int32: passes that did not draft (the cost model saw no gain)
 
 
 @struct.dataclass
@@ -117,7 +127,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                       accepted=jnp.int32(0), drafted_C=zeros3, accepted_C=zeros3,
                       rows_C=jnp.bincount(class_B, length=3).astype(jnp.int32),
                       active_N=jnp.full((n,), -1, jnp.int32), bucket_N=jnp.zeros((n,), jnp.int32),
-                      width_N=jnp.zeros((n,), jnp.int32))
+                      width_N=jnp.zeros((n,), jnp.int32), skipped=jnp.int32(0))
 
     def live_of(out, rows_R):
         return ~out.stopped_B[rows_R] & (out.lengths_B[rows_R] < n)
@@ -142,9 +152,20 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         live_R = live_of(out, rows_R)
         t0_R = out.lengths_B[rows_R]
         active = jnp.sum(~out.stopped_B & (out.lengths_B < n))
-        if kmax:
-            budget_R = policy.draft_budgets(class_B[rows_R], active, b, spec.class_budgets,
-                                            kmax, spec.length_aware)
+        cost = (spec.cost_base, spec.cost_per_token)
+        budget_R = jnp.where(live_R, policy.draft_budgets(
+            class_B[rows_R], active, b, spec.class_budgets, kmax, spec.length_aware), 0)
+        free = policy.free_width(spec.widths, size, *cost)
+
+        def plain():  # width 0, nothing drafted; returns what `speculate` does
+            empty = drafter.Draft(jnp.full((size, kmax), drafter.SEP, jnp.int32),
+                                  jnp.zeros((size,), jnp.int32),
+                                  jnp.zeros((size, kmax), jnp.float32),
+                                  jnp.zeros((size,), jnp.int32))
+            return verify_pass(0, rows_R, cache, last_R, empty, t0_R) + (
+                empty.num_B, jnp.int32(spec.widths.index(0)), jnp.int32(1))
+
+        def speculate():  # draft, choose the width, verify
             ctx_RM = drafter.contexts(prompts_BL[rows_R], prompt_lengths_B[rows_R],
                                       out.tokens_BN[rows_R], t0_R, spec.max_match)
             live_PGN = drafter.mask_outputs(out.tokens_BN, out.lengths_B).reshape(-1, g, n)
@@ -152,33 +173,40 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                                              spec.max_match)
             if layout is not None:  # each prompt's corpus beside its rows
                 corpus_PX = layout.rows(corpus_PX)
-            d = drafter.draft(ctx_RM, corpus_PX, group_B[rows_R], jnp.where(live_R, budget_R, 0),
-                              max_draft=kmax, spec_factor=spec.spec_factor,
-                              min_token_prob=spec.min_token_prob,
+            d = drafter.draft(ctx_RM, corpus_PX, group_B[rows_R], budget_R, max_draft=kmax,
+                              spec_factor=spec.spec_factor, min_token_prob=spec.min_token_prob,
                               max_candidates=spec.max_candidates)
-        else:  # widths=(0,): compacted plain decoding, the baseline that isolates speculation
-            d = drafter.Draft(jnp.zeros((size, 0), jnp.int32), jnp.zeros((size,), jnp.int32),
-                              jnp.zeros((size, 0), jnp.float32), jnp.zeros((size,), jnp.int32))
-        w = policy.free_width(spec.widths, size, spec.cost_base, spec.cost_per_token)
-        if w is None:
-            w = policy.choose_width(d.probs_BD, live_R, spec.widths, size, spec.cost_base,
-                                    spec.cost_per_token)
-            branches = [functools.partial(verify_pass, k) for k in spec.widths]
-            new_cache, tokens_RT, accepted_R, lp_RT, slp_RT = jax.lax.switch(
-                w, branches, rows_R, cache, last_R, d, t0_R)
-        else:
-            new_cache, tokens_RT, accepted_R, lp_RT, slp_RT = verify_pass(
-                spec.widths[w], rows_R, cache, last_R, d, t0_R)
-        k_R = jnp.minimum(d.num_B, jnp.asarray(spec.widths)[w])
+            if free is None:
+                w = policy.choose_width(d.probs_BD, live_R, spec.widths, size, *cost)
+                branches = [functools.partial(verify_pass, k) for k in spec.widths]
+                verified = jax.lax.switch(w, branches, rows_R, cache, last_R, d, t0_R)
+            else:
+                w = free
+                verified = verify_pass(spec.widths[w], rows_R, cache, last_R, d, t0_R)
+            return verified + (jnp.minimum(d.num_B, jnp.asarray(spec.widths)[w]),
+                               jnp.int32(w), jnp.int32(0))
+
+        budget = policy.largest_budget(spec.class_budgets, kmax, spec.length_aware, b)
+        if not policy.drafting_can_pay(spec.widths, size, budget, *cost, spec.draft_cost):
+            # Not even perfect drafts pay in this bucket (widths=(0,) included: compacted plain
+            # decoding, the baseline that isolates speculation): no drafter in its program.
+            result = plain()
+        elif free is not None:  # small buckets: drafting pays; no data-dependent branch
+            result = speculate()
+        else:  # the pass branches on the drafts anyway: skip drafting where it won't pay
+            acceptance = policy.predicted_acceptance(stats.accepted, stats.drafted, kmax)
+            pays = policy.drafting_pays(budget_R, live_R, acceptance, spec.widths, size, *cost,
+                                        spec.draft_cost)
+            result = jax.lax.cond(pays, speculate, plain)
+        new_cache, tokens_RT, accepted_R, lp_RT, slp_RT, k_R, w, skip = result
 
         # Emit the accepted drafts and the bonus token, cut at a stop token and at n.
         j_T = jnp.arange(kmax + 1)
-        emit_R = accepted_R + 1
+        emit_R = jnp.minimum(accepted_R + 1, n - t0_R)  # first at n: a stop past it is not a stop
         is_stop_RT = jnp.isin(tokens_RT, stop_S) & (j_T < emit_R[:, None])
         first_stop_R = jnp.argmax(is_stop_RT, axis=1)
         stops_R = jnp.any(is_stop_RT, axis=1)
-        emit_R = jnp.where(stops_R, first_stop_R + 1, emit_R)
-        emit_R = jnp.where(live_R, jnp.minimum(emit_R, n - t0_R), 0)
+        emit_R = jnp.where(live_R, jnp.where(stops_R, first_stop_R + 1, emit_R), 0)
         keep_RT = j_T < emit_R[:, None]
         cols_RT = jnp.where(keep_RT, t0_R[:, None] + j_T, n)  # n: dropped
         put = lambda a_BN, x_RT: a_BN.at[rows_R[:, None], cols_RT].set(x_RT, mode="drop")  # noqa: E731
@@ -203,7 +231,8 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
             accepted_C=stats.accepted_C + taken_R @ onehot_RC,
             active_N=stats.active_N.at[i].set(active, mode="drop"),
             bucket_N=stats.bucket_N.at[i].set(size, mode="drop"),
-            width_N=stats.width_N.at[i].set(jnp.asarray(spec.widths)[w], mode="drop"))
+            width_N=stats.width_N.at[i].set(jnp.asarray(spec.widths)[w], mode="drop"),
+            skipped=stats.skipped + skip)
         return rows_R, cache, last_R, out, stats
 
     sizes = _bucket_sizes(b, spec)

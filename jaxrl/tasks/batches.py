@@ -6,6 +6,9 @@ uninterrupted one without storing a reader state. Held-out problems use a separa
 """
 from __future__ import annotations
 
+import bisect
+import math
+
 import numpy as np
 from flax import struct
 
@@ -47,11 +50,36 @@ def encode(problems: list[Problem], prompt_len: int, solution_len: int) -> TaskB
     return TaskBatch(prompts_PL, prompt_lengths_P, targets, solutions_PN, solution_lengths_P)
 
 
-def bucket_len(problems: list[Problem], cap: int, multiple: int = 16) -> int:
-    """The batch's longest solution (plus EOS) rounded up to `multiple`, at most `cap`:
-    SFT pads to this instead of the task's worst case, with few distinct shapes to compile."""
+# SFT pads each batch to a rung of this ladder: few shapes (one compile each), little waste.
+BUCKET_RATIO, BUCKET_MULTIPLE = 1.25, 16
+
+
+def bucket_ladder(cap: int) -> list[int]:
+    """The padded lengths SFT batches use: 16, then x1.25 rounded up to a multiple of 16
+    (16, 32, 48, 64, 80, 112, 144, 192, 240, 304, ...), keeping the rungs that a x1.25 step
+    still fits under `cap`, then `cap` itself (the task's budget).
+
+    Measured on the embedded tasks (`python -m bench.sft_padding`, 2000 batches of 64 per
+    task and difficulty; waste = padded solution slots / all solution slots, shapes = distinct
+    padded lengths = compiles): x1.25 wastes 0-4 points more than rounding up to a multiple of
+    16 (the previous rule) and compiles 2-7 shapes instead of 2-69 (sort 1: 88% and 7 shapes
+    against 86% and 24; sort 3: 86% and 6 against 84% and 69); powers of two save 0-4 more
+    shapes for up to 7 more points. Waste stays high under any rule, as solution lengths are
+    long-tailed and a batch pads to its longest: packing, not buckets, is what recovers it.
+    """
+    rungs, x = [], BUCKET_MULTIPLE
+    while x * BUCKET_RATIO <= cap:
+        rungs.append(x)
+        x = -(-math.ceil(x * BUCKET_RATIO) // BUCKET_MULTIPLE) * BUCKET_MULTIPLE
+    return rungs + [cap]
+
+
+def bucket_len(problems: list[Problem], cap: int) -> int:
+    """The shortest rung of `bucket_ladder(cap)` that fits the batch's longest solution
+    (plus EOS): SFT pads to this instead of the task's worst case."""
     longest = max(len(p.solution) for p in problems) + 1
-    return min(-(-longest // multiple) * multiple, cap)
+    ladder = bucket_ladder(cap)
+    return ladder[bisect.bisect_left(ladder, min(longest, cap))]
 
 
 def budgets(task: Task) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import config_dict, train_config
+from configs import ROOT, config_dict, train_config
 from jaxrl import checkpoint, sharding
 from jaxrl.jobs import train
 from jaxrl.models import loader
@@ -283,3 +283,19 @@ def test_resume_refuses_a_changed_config_and_a_busy_workdir(tmp_path):
         run(changed, tmp_path)
     with workdir_lock(tmp_path), pytest.raises(WorkdirInUseError, match="is in use by"):
         run(tiny_config(sft_steps=2, rl_steps=0), tmp_path)
+
+
+def test_each_step_reports_what_it_compiled(tmp_path):
+    """`time/compile_s` is the compile time inside the step: the first SFT and the first RL
+    step compile their programs; later steps of the same shapes (task.max_steps=1 fits every
+    solution in one length bucket) compile nothing. The summary adds them up."""
+    config = tiny_config(sft_steps=3, rl_steps=2)
+    config.checkpoint.every = 100  # no saves between steps
+    summary = run(config, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    compile_s = {r["step"]: r["time/compile_s"] for r in rows if "eval/accuracy" not in r}
+    assert compile_s[1] > 0 and compile_s[4] > 0
+    assert compile_s[2] == compile_s[3] == compile_s[5] == 0.0
+    c = summary["compile_seconds"]
+    assert c["sft"] == compile_s[1] and c["rl"] == compile_s[4]
+    assert c["run"] > c["sft"] + c["rl"]  # the build and the evaluations compiled too

@@ -1,9 +1,13 @@
 """The length-aware draft budget policy and the width cost model (jaxrl/rollout/policy.py),
 on hand-worked cases."""
+import json
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrl.models.config import preset
+from jaxrl.models.decoder import Decoder
 from jaxrl.rollout import policy
 from jaxrl.rollout.policy import LONG, MEDIUM, SHORT
 
@@ -70,3 +74,43 @@ def test_fit_cost_model_recovers_a_line_and_clamps_at_zero():
     assert c_base == pytest.approx(4e-4, rel=1e-9) and c_tok == pytest.approx(9e-8, rel=1e-9)
     c_base, c_tok = policy.fit_cost_model(tokens, -1e-4 + 1e-6 * tokens)  # negative intercept
     assert c_base == 0.0 and c_tok == pytest.approx(1e-6, rel=1e-6)
+
+
+def test_drafting_can_pay_only_if_perfect_drafts_beat_plain_decoding():
+    # 16 rows, 1 + 0.002 * tokens: plain 1 / 1.032 = 0.97 tokens/s per row; width 4 with
+    # 4 accepted tokens 5 / 1.16 = 4.3.
+    assert policy.drafting_can_pay((0, 4), 16, 8, 1.0, 0.002, 0.0)
+    # No base cost: 5 / 0.16 ties 1 / 0.032, which does not beat it.
+    assert not policy.drafting_can_pay((0, 4), 16, 8, 0.0, 0.002, 0.0)
+    # 2 rows, 1 + 0.1 * tokens: plain 1 / 1.2 = 0.83; width 2 drafting at 3 x the base cost:
+    # 3 / (4 + 0.6) = 0.65 loses; at 1 x: 3 / 2.6 = 1.15 wins.
+    assert not policy.drafting_can_pay((0, 2), 2, 8, 1.0, 0.1, 3.0)
+    assert policy.drafting_can_pay((0, 2), 2, 8, 1.0, 0.1, 1.0)
+    assert not policy.drafting_can_pay((0, 4), 16, 0, 1.0, 0.002, 0.0)  # budget 0: no gain
+    assert policy.drafting_can_pay((2, 4), 16, 0, 0.0, 0.002, 0.0)  # no width 0 to fall back on
+
+
+def test_drafting_pays_by_predicted_acceptance():
+    # Rows: budget 8 live, budget 0 live, dead. Cost 1 + 0.1 * tokens over 3 rows: plain gains
+    # 2 / 1.3 = 1.538; width 4 gains (1 + 4a) + 1 over 2.5, which beats it iff a > 0.4615.
+    budget_B, live_B = jnp.asarray([8, 0, 8]), jnp.asarray([True, True, False])
+    pays = lambda a: bool(policy.drafting_pays(budget_B, live_B, jnp.float32(a), (0, 4), 3,  # noqa: E731
+                                               1.0, 0.1, 0.0))
+    assert pays(0.5) and not pays(0.4)
+    assert float(policy.predicted_acceptance(jnp.int32(3), jnp.int32(10), 4)) == 0.5
+    assert float(policy.predicted_acceptance(jnp.int32(0), jnp.int32(0), 4)) == 1.0
+
+
+def test_fitted_cost_model_is_shared_by_runs_of_the_same_shape(tmp_path, monkeypatch):
+    """A new workdir reads the fit that an earlier run kept beside the compilation cache (its
+    numbers are constants of the compiled rollout), and keeps a copy for its own resume."""
+    fits = iter([(1.0, 0.5), (2.0, 0.25)])
+    monkeypatch.setattr(policy, "verification_timer", lambda model, mesh: None)
+    monkeypatch.setattr(policy, "measure_cost_model", lambda *args: next(fits))
+    model = Decoder(preset("tiny"))
+    fit = lambda run, shared: policy.fitted_cost_model(  # noqa: E731
+        model, None, 4, (0, 4), str(tmp_path / run / "cost_model.json"), shared_dir=shared)
+    shared = str(tmp_path / "xla")
+    assert fit("a", shared) == fit("b", shared) == (1.0, 0.5)
+    assert json.loads((tmp_path / "b" / "cost_model.json").read_text())["c_base_s"] == 1.0
+    assert fit("c", "") == (2.0, 0.25)  # nothing shared: measured anew

@@ -15,7 +15,7 @@ from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder, init_params
 from jaxrl.rollout import drafter, policy, speculative
 from jaxrl.rollout.decode import generate
-from jaxrl.rollout.policy import MEDIUM
+from jaxrl.rollout.policy import MEDIUM, SHORT
 from jaxrl.rollout.sampling import SamplingParams
 
 N_NEW = 24
@@ -54,33 +54,37 @@ CASES = [  # (P, G, temperature, top_k, top_p, spec overrides)
     (2, 4, 1.0, 0, 1.0, dict(widths=(0, 2, 4))),
     (2, 4, 0.0, 0, 1.0, dict(widths=(0, 4), compaction=False)),
     (3, 2, 0.7, 5, 0.9, dict(widths=(0, 3, 8), length_aware=False)),
-    (4, 4, 1.0, 0, 0.8, dict(widths=(0, 2, 4), min_bucket=2, cost_base=0.0)),
+    (4, 4, 1.0, 0, 0.8, dict(widths=(0, 2, 4), min_bucket=2, cost_base=0.05)),
 ]
 
 
-@pytest.mark.parametrize("p,g,temperature,top_k,top_p,overrides", CASES)
-def test_speculative_equals_plain(model_params, p, g, temperature, top_k, top_p, overrides):
+def speculate_and_plain(model_params, p, g, sampling, spec, class_P):
+    """(plain decoding, speculative decoding, its stats) of one batch of P prompts x G."""
     model, params = model_params
     prompts_PL, lengths_P = make_prompts(p)
     prompts_BL, lengths_B = np.repeat(prompts_PL, g, 0), np.repeat(lengths_P, g)
-    b = p * g
-    sampling = SamplingParams.make(b, temperature, top_k, top_p)
     key = jax.random.key(1)
     want = plain(model, params, prompts_BL, lengths_B, key, sampling)
     # History: this batch's rollouts under two other seeds and under this one (a policy
     # whose outputs repeat exactly), so drafts are accepted in full, in part and not at all.
     history = history_from([plain(model, params, prompts_BL, lengths_B, jax.random.key(s),
                                   sampling) for s in (2, 1, 3)], p, g)
-    spec = rollout_config(verify_impl="reference", **overrides)
     got, stats = speculative.generate(
         model, params, jnp.asarray(prompts_BL), jnp.asarray(lengths_B),
-        jnp.arange(b, dtype=jnp.int32), key, sampling, history,
-        jnp.full((p,), MEDIUM, jnp.int32), spec=spec, max_new_tokens=N_NEW,
-        stop_tokens=STOP, group=g)
-
+        jnp.arange(p * g, dtype=jnp.int32), key, sampling, history, jnp.asarray(class_P, jnp.int32),
+        spec=spec, max_new_tokens=N_NEW, stop_tokens=STOP, group=g)
     np.testing.assert_array_equal(got.tokens_BN, want.tokens_BN)
     np.testing.assert_array_equal(got.lengths_B, want.lengths_B)
     np.testing.assert_array_equal(got.finished_B, want.finished_B)
+    return want, got, stats
+
+
+@pytest.mark.parametrize("p,g,temperature,top_k,top_p,overrides", CASES)
+def test_speculative_equals_plain(model_params, p, g, temperature, top_k, top_p, overrides):
+    b = p * g
+    want, got, stats = speculate_and_plain(
+        model_params, p, g, SamplingParams.make(b, temperature, top_k, top_p),
+        rollout_config(verify_impl="reference", **overrides), [MEDIUM] * p)
     np.testing.assert_allclose(got.logprobs_BN, want.logprobs_BN, atol=1e-5)
     np.testing.assert_allclose(got.sample_logprobs_BN, want.sample_logprobs_BN, atol=1e-5)
     # Power: rows stop at different lengths, drafts were accepted, passes were saved.
@@ -90,6 +94,30 @@ def test_speculative_equals_plain(model_params, p, g, temperature, top_k, top_p,
     assert int(stats.row_passes) + int(stats.accepted) == emitted
     assert int(stats.passes) < int(np.asarray(want.lengths_B).max()) - 1
     assert (np.asarray(stats.active_N)[:int(stats.passes)] > 0).all()
+
+
+# One bucket of 16 rows, where verifying 4 drafted tokens is not free (policy.free_width): each
+# pass decides whether to draft. Cost model 1 + 0.002 * tokens unless overridden.
+NO_FREE = dict(widths=(0, 4), compaction=False, class_budgets=(0, 8, 16), verify_impl="reference")
+
+
+@pytest.mark.parametrize("overrides,cls,drafts", [
+    (dict(cost_base=0.0), MEDIUM, False),  # cost per token only: no draft can pay, in any bucket
+    (dict(draft_cost=100.0), MEDIUM, False),  # drafting costs 100 passes
+    ({}, SHORT, False),  # the short class's budget is 0: no row can gain
+    ({}, MEDIUM, True),  # the same batch with budget 8 per row drafts
+])
+def test_drafting_is_skipped_where_it_cannot_pay(model_params, overrides, cls, drafts):
+    p, g = 4, 4
+    _, _, stats = speculate_and_plain(model_params, p, g, SamplingParams.make(p * g, 1.0),
+                                      rollout_config(**{**NO_FREE, **overrides}), [cls] * p)
+    passes = int(stats.passes)
+    if drafts:
+        assert int(stats.drafted) > 0 and int(stats.accepted) > 0
+        assert int(stats.skipped) < passes
+    else:
+        assert int(stats.drafted) == 0 and int(stats.skipped) == passes
+        assert (np.asarray(stats.width_N)[:passes] == 0).all()
 
 
 @pytest.mark.parametrize("widths", [(0, 4), (0,)])

@@ -384,3 +384,18 @@ def test_countdown_checkers_agree_on_reuse():
     want = np.array([task.check(p, c) for p, c in zip(problems, completions)])
     assert want.tolist() == jax_results("countdown", problems, completions)
     assert 0.15 < want.mean() < 0.85
+
+
+def test_sft_buckets_are_a_x125_ladder_capped_at_the_budget():
+    from jaxrl.tasks.batches import bucket_ladder, bucket_len
+
+    # 16, then x1.25 rounded up to 16 (20 -> 32, 40 -> 48, 60 -> 64, 100 -> 112, 140 -> 144,
+    # 180 -> 192, 300 -> 304), each kept while x1.25 of it fits under the cap (304 * 1.25 =
+    # 380 does; 384 * 1.25 = 480 does not).
+    assert bucket_ladder(433) == [16, 32, 48, 64, 80, 112, 144, 192, 240, 304, 433]
+    assert bucket_ladder(49) == [16, 32, 49]  # not 48 and 49: two shapes one token apart
+    assert bucket_ladder(12) == [12]
+    with_solutions = lambda *lengths: [Problem("p\n", "x" * (n - 1), "", ()) for n in lengths]  # noqa: E731
+    assert bucket_len(with_solutions(3, 16), 433) == 16  # lengths count the EOS
+    assert bucket_len(with_solutions(17), 433) == 32
+    assert bucket_len(with_solutions(305, 2), 433) == 433

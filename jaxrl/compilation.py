@@ -1,0 +1,90 @@
+"""Compilation: the persistent cache that every job sets up once, and the seconds spent
+compiling.
+
+    compilation.set_up_cache(cfg.compile)  # first thing a job does
+    before = compilation.seconds()
+    ...  # a step
+    compile_s = compilation.seconds() - before  # 0.0 when the step compiled nothing
+
+The cache (JAX's persistent compilation cache, `jax_compilation_cache_dir`) keeps every
+compiled program on disk keyed by its HLO, the devices, the flags and the JAX version, so a
+second run, or a resumed one, reads what an earlier run compiled instead of compiling it.
+The default directory is per user and shared by every run: the key already separates what
+must differ. On a GPU it also keeps XLA's per-fusion autotuning results (JAX's default
+`jax_persistent_cache_enable_xla_caches`).
+
+`seconds()` adds up the durations that JAX reports through `jax.monitoring` for the three
+stages of making an executable: tracing to a jaxpr, lowering to StableHLO, and the backend
+compile (which is the persistent-cache read when the program is there). A call that hits
+the in-memory jit cache reports none of them. The listener is registered when this module is
+imported, so everything compiled after `import jaxrl.compilation` counts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+
+from jaxrl.config_utils import at_least
+
+# The stage of each event (jax/_src/dispatch.py names them; they are top-level jits only,
+# so a nested jit is not counted twice).
+STAGES = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+          "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+          "/jax/core/compile/backend_compile_duration": "backend"}
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+_lock = threading.Lock()
+_seconds = dict.fromkeys(STAGES.values(), 0.0)
+
+
+def _record(event: str, duration: float, **_) -> None:
+    stage = STAGES.get(event)
+    if stage is not None:
+        with _lock:
+            _seconds[stage] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_record)
+
+
+def seconds_by_stage() -> dict[str, float]:
+    """Seconds this process spent in each stage since the import: take differences."""
+    with _lock:
+        return dict(_seconds)
+
+
+def seconds() -> float:
+    """Seconds this process spent tracing, lowering and compiling since the import."""
+    return sum(seconds_by_stage().values())
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileConfig:
+    """`config.compile` (configs/grpo.py explains each field)."""
+
+    cache_dir: str
+    min_compile_time_s: float
+
+    def __post_init__(self):
+        at_least("config.compile.min_compile_time_s", self.min_compile_time_s, 0)
+
+
+def set_up_cache(cfg: CompileConfig) -> str:
+    """Points JAX's persistent compilation cache at `cfg.cache_dir` (`~` expanded), or turns
+    it off for ''; returns the directory used ('' = off). Called at the start of a job,
+    before it compiles: a process reads the setting at its first compile, and this resets
+    JAX's cache object when a job in the same process asks for another directory."""
+    path = os.path.abspath(os.path.expanduser(cfg.cache_dir)) if cfg.cache_dir else ""
+    current = jax.config.jax_compilation_cache_dir or ""
+    jax.config.update("jax_enable_compilation_cache", bool(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", cfg.min_compile_time_s)
+    if path != current:
+        if path:
+            os.makedirs(path, exist_ok=True)
+        compilation_cache.set_cache_dir(path or None)
+        compilation_cache.reset_cache()  # the next compile opens the new directory
+    return path
