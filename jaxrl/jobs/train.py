@@ -23,7 +23,7 @@ from jaxrl import checkpoint, metrics as metrics_lib, resume, sharding
 from jaxrl.config_utils import at_least, one_of
 from jaxrl.models import hf, loader
 from jaxrl.models.decoder import Decoder, param_axes
-from jaxrl.rl import grpo, rewards, state as state_lib
+from jaxrl.rl import grpo, pairrl, rewards, state as state_lib
 from jaxrl.rl.sft import SFTConfig, make_sft_step
 from jaxrl.rollout import das, policy
 from jaxrl.rollout.decode import generate
@@ -61,6 +61,7 @@ class TrainConfig:
     optim: state_lib.OptimConfig
     sft: SFTConfig
     rl: grpo.RLConfig
+    pairrl: pairrl.PairRLConfig
     rollout: das.RolloutConfig
     eval: EvalConfig
     checkpoint: checkpoint.CheckpointConfig
@@ -159,10 +160,13 @@ def build(cfg: TrainConfig, mesh, workdir: str = "") -> Built:
     state = sharding.replicate_rest(
         state_lib.create(params, tx, cfg.seed, with_reference=rl.kl_coef > 0, history=history),
         mesh)
-    steps = {"sft": make_sft_step(model),
-             "rl": grpo.make_step(model, rl, rollout_cfg, reward,
-                                  max_new_tokens=source.max_new_tokens,
-                                  stop_tokens=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id)}
+    kw = dict(max_new_tokens=source.max_new_tokens, stop_tokens=tuple(tokenizer.eos_ids),
+              pad_id=tokenizer.pad_id)
+    rl_step = (grpo.make_step(model, rl, rollout_cfg, reward, **kw)
+               if cfg.pairrl.verifier == "none" else
+               pairrl.make_step(model, rl, rollout_cfg, reward, cfg.pairrl, tokenizer,
+                                prompt_len=source.prompt_len, **kw))
+    steps = {"sft": make_sft_step(model), "rl": rl_step}
     return Built(model, source, reward, state, steps)
 
 
