@@ -105,6 +105,16 @@ def get_config(arg=None):
     c.rl.format_coef = 0.0
     c.rl.split_phases = True  # three jits, timed; False = one jit (same results)
 
+    # V1-PairRL (jaxrl/rl/pairrl.py; configs/pairrl.py turns it on): the policy also
+    # judges pairs of its own solutions, trained on J = J_gen + lam * J_verif.
+    c.pairrl = ml_collections.ConfigDict()
+    c.pairrl.verifier = "none"  # none (standard RL) | pairwise (PairRL) | pointwise (PointRL)
+    c.pairrl.lam = 1.0  # weight of the judge rows' loss (each role a token-mean of its own)
+    c.pairrl.pair_slots = 4  # pairs per prompt (never two incorrect solutions); <= G(G-1)/2
+    c.pairrl.judge_generations = 4  # judge rollouts per prompt (the paper: 4 of 8 rollouts),
+    # a multiple of pair_slots: each pair judged judge_generations / pair_slots times
+    c.pairrl.judge_max_new_tokens = 16  # "10\nRating B: 10" plus the stop token
+
     # DAS speculative rollouts: the same tokens as plain decoding, fewer decode passes.
     c.rollout = ml_collections.ConfigDict()
     c.rollout.speculative = arg.speculative

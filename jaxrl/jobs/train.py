@@ -23,7 +23,7 @@ from jaxrl import checkpoint, compilation, metrics as metrics_lib, resume, shard
 from jaxrl.config_utils import at_least, one_of
 from jaxrl.models import hf, loader
 from jaxrl.models.decoder import Decoder, param_axes
-from jaxrl.rl import grpo, rewards, state as state_lib
+from jaxrl.rl import grpo, pairrl, rewards, state as state_lib
 from jaxrl.rl.sft import SFTConfig, make_sft_step
 from jaxrl.rollout import das, policy
 from jaxrl.rollout.decode import generate
@@ -61,6 +61,7 @@ class TrainConfig:
     optim: state_lib.OptimConfig
     sft: SFTConfig
     rl: grpo.RLConfig
+    pairrl: pairrl.PairRLConfig
     rollout: das.RolloutConfig
     eval: EvalConfig
     checkpoint: checkpoint.CheckpointConfig
@@ -177,11 +178,13 @@ def build(cfg: TrainConfig, mesh, workdir: str = "") -> Built:
     state = state_lib.create(params, tx, cfg.seed, with_reference=rl.kl_coef > 0, history=history)
     where = state_lib.shardings(state, axes, layout)
     state = sharding.place(state, where)
-    steps = {"sft": make_sft_step(model, layout, where),
-             "rl": grpo.make_step(model, rl, rollout_cfg, reward,
-                                  max_new_tokens=source.max_new_tokens,
-                                  stop_tokens=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id,
-                                  layout=layout, state_sharding=where)}
+    kw = dict(max_new_tokens=source.max_new_tokens, stop_tokens=tuple(tokenizer.eos_ids),
+              pad_id=tokenizer.pad_id, layout=layout, state_sharding=where)
+    rl_step = (grpo.make_step(model, rl, rollout_cfg, reward, **kw)
+               if cfg.pairrl.verifier == "none" else
+               pairrl.make_step(model, rl, rollout_cfg, reward, cfg.pairrl, tokenizer,
+                                prompt_len=source.prompt_len, **kw))
+    steps = {"sft": make_sft_step(model, layout, where), "rl": rl_step}
     return Built(model, source, reward, state, steps, layout)
 
 

@@ -16,6 +16,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
 from jaxrl import sharding
 from jaxrl.config_utils import at_least, one_of, positive
@@ -29,7 +30,8 @@ from jaxrl.rollout import das
 from jaxrl.rollout.decode import Rollout, generate
 from jaxrl.rollout.sampling import SamplingParams, check_sampling
 
-_ROLLOUT_SALT, _SHUFFLE_SALT = 0, 1
+# Keys of a step: state.key(salt). PairRL's judge phase uses 3 and 4 (rl/pairrl.py).
+_ROLLOUT_SALT, _SHUFFLE_SALT, _EXTRA_SHUFFLE_SALT = 0, 1, 2
 OLD_LOGPROBS = ("recompute", "sampler")
 
 
@@ -134,18 +136,65 @@ def _length_stats(lengths_B):
             "response_length/p90": jnp.percentile(x, 90), "response_length/max": x.max()}
 
 
+@struct.dataclass
+class ExtraRows:
+    """Rows of a second role trained in the same update (PairRL's judge rollouts): their
+    prompts, the completions sampled for them, one advantage per row, and the loss mask.
+    Their loss is aggregated (`rl.loss_agg`) over their own masked tokens and its gradient
+    added to the generator's with the weight that `update_phase` gets as `extra_coef`."""
+
+    prompts_BL: jax.Array
+    prompt_lengths_B: jax.Array
+    rollout: Rollout
+    adv_B: jax.Array
+    mask_BN: jax.Array  # float32
+
+
+def _policy_term(model, rl, params, prompts_BL, plen_B, rollout, adv_B, mask_BN, old_BN,
+                 ref_BN):
+    """The PPO-clip loss (plus the KL term) of some rows and its metrics."""
+    tokens_BN, lengths_B = rollout.tokens_BN, rollout.lengths_B
+    logits_BNV = completion_logits(model, params, prompts_BL, plen_B, tokens_BN, lengths_B)
+    logp_BN = token_logprobs(logits_BNV, tokens_BN)
+    loss, m = losses.policy_loss(
+        logp_BN, old_BN, adv_B, mask_BN, clip_low=rl.clip_low, clip_high=rl.clip_high,
+        dual_clip=rl.dual_clip or None, agg=rl.loss_agg)
+    if ref_BN is not None:
+        kl = losses.aggregate(losses.kl_penalty(logp_BN, ref_BN, rl.kl_estimator), mask_BN,
+                              rl.loss_agg)
+        loss = loss + rl.kl_coef * kl
+        m["kl_ref"] = kl
+    valid_BN = completion_mask(lengths_B, tokens_BN.shape[1])
+    m["entropy"] = losses.entropy_from_logits(logits_BNV, valid_BN)
+    m["sampler_trainer_logprob_gap"] = (
+        jnp.sum(jnp.abs(logp_BN - rollout.logprobs_BN) * valid_BN)
+        / jnp.maximum(valid_BN.sum(), 1.0))
+    return loss, m
+
+
+def _shuffled_rows(key_of, b: int, rl: RLConfig):
+    """Row indices `[epochs * minibatches, b / minibatches]`: a permutation per epoch."""
+    return jnp.stack([jax.random.permutation(key_of(e), b).reshape(rl.num_minibatches, -1)
+                      for e in range(rl.num_epochs)]).reshape(-1, b // rl.num_minibatches)
+
+
 def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, prompt_lengths_P,
-                 prompt_ids_P, rollout: Rollout, rewards_B, *,
-                 layout=None) -> tuple[TrainState, dict]:
+                 prompt_ids_P, rollout: Rollout, rewards_B, extra: ExtraRows | None = None, *,
+                 extra_coef: float = 0.0, layout=None) -> tuple[TrainState, dict]:
+    """Minibatch PPO-clip updates on the generator's rows; with `extra`, each minibatch also
+    takes its share of those rows (shuffled by their own key) and steps on the gradient of
+    `generator loss + extra_coef * extra loss`, each loss aggregated over its own rows. With
+    a `sharding.Layout` each minibatch's rows are split over the batch axes."""
     g = rl.num_generations
     prompts_BL, plen_B = _rows(layout, (repeat_groups(prompts_PL, g),
                                         repeat_groups(prompt_lengths_P, g)))
     rollout, rewards_B = _rows(layout, (rollout, rewards_B))
     tokens_BN, lengths_B = rollout.tokens_BN, rollout.lengths_B
     b, n = tokens_BN.shape
-    if b % rl.num_minibatches:
-        raise ValueError(f"rollout batch {b} does not split into rl.num_minibatches="
-                         f"{rl.num_minibatches}")
+    for rows in (b,) if extra is None else (b, extra.adv_B.shape[0]):
+        if rows % rl.num_minibatches:
+            raise ValueError(f"a batch of {rows} rows does not split into "
+                             f"rl.num_minibatches={rl.num_minibatches}")
     rewards_PG = rewards_B.reshape(-1, g)
     adv_B = adv_lib.group_advantages(rewards_PG, rl.advantage).reshape(b)
     signal_P = adv_lib.has_signal_P(rewards_PG)
@@ -155,56 +204,55 @@ def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, pr
         mask_BN = losses.overlong_mask(rollout.finished_B, mask_BN)
     if rl.mask_zero_signal:  # no gradient either way; masked, they do not dilute token-mean
         mask_BN = mask_BN * repeat_groups(signal_P, g)[:, None]
+    gen = (prompts_BL, plen_B, rollout, adv_B, mask_BN)
+    roles = (gen,) if extra is None else (
+        gen, (extra.prompts_BL, extra.prompt_lengths_B, extra.rollout, extra.adv_B,
+              extra.mask_BN))
 
-    def logprobs_of(params):
+    def logprobs_of(params, prompts_BL, plen_B, out, *_):
         """Log-probs of every row's completion, a minibatch of rows at a time: the logits
         of the whole batch at once ([B, N, V] float32) would hold 47 GiB at the 0.5B shape
         with a 152k vocabulary, more than the update itself."""
+        rows_B = out.tokens_BN.shape[0]
+
         def chunk(rows_M):
             take = lambda x: x[rows_M]  # noqa: E731
             return token_logprobs(completion_logits(model, params, take(prompts_BL),
-                                                    take(plen_B), take(tokens_BN),
-                                                    take(lengths_B)), take(tokens_BN))
-        rows_CM = jnp.arange(b).reshape(rl.num_minibatches, -1)
-        return jax.lax.map(chunk, rows_CM).reshape(b, n)
+                                                    take(plen_B), take(out.tokens_BN),
+                                                    take(out.lengths_B)), take(out.tokens_BN))
+        rows_CM = jnp.arange(rows_B).reshape(rl.num_minibatches, -1)
+        return jax.lax.map(chunk, rows_CM).reshape(rows_B, -1)
 
     if rl.old_logprobs == "recompute":
-        old_BN = jax.lax.stop_gradient(logprobs_of(state.params))
+        old = tuple(jax.lax.stop_gradient(logprobs_of(state.params, *r)) for r in roles)
     else:
-        old_BN = rollout.logprobs_BN
-    ref_BN = logprobs_of(state.ref_params) if rl.kl_coef > 0 else None
+        old = tuple(r[2].logprobs_BN for r in roles)
+    ref = tuple(logprobs_of(state.ref_params, *r) if rl.kl_coef > 0 else None for r in roles)
 
-    def minibatch(state, rows_M):
-        take = lambda x: _rows(layout, x[rows_M])  # noqa: E731
-
-        def loss_fn(params):
-            logits_MNV = completion_logits(model, params, take(prompts_BL), take(plen_B),
-                                           take(tokens_BN), take(lengths_B))
-            logp_MN = token_logprobs(logits_MNV, take(tokens_BN))
-            mask_MN = take(mask_BN)
-            loss, m = losses.policy_loss(
-                logp_MN, take(old_BN), take(adv_B), mask_MN, clip_low=rl.clip_low,
-                clip_high=rl.clip_high, dual_clip=rl.dual_clip or None, agg=rl.loss_agg)
-            if ref_BN is not None:
-                kl = losses.aggregate(losses.kl_penalty(logp_MN, take(ref_BN), rl.kl_estimator),
-                                      mask_MN, rl.loss_agg)
-                loss = loss + rl.kl_coef * kl
-                m["kl_ref"] = kl
-            valid_MN = take(completion_mask(lengths_B, n))
-            m["entropy"] = losses.entropy_from_logits(logits_MNV, valid_MN)
-            m["sampler_trainer_logprob_gap"] = (
-                jnp.sum(jnp.abs(logp_MN - take(rollout.logprobs_BN)) * valid_MN)
-                / jnp.maximum(valid_MN.sum(), 1.0))
-            return loss, m
-
-        (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def minibatch(state, rows):
+        # Each role's gradient is its own value_and_grad, summed with the role's weight:
+        # the generator's is then the very computation of standard RL.
+        loss, metrics, grads = 0.0, {}, None
+        for i, (role, old_BN, ref_BN, rows_M) in enumerate(zip(roles, old, ref, rows)):
+            take = lambda x: _rows(layout, jax.tree.map(lambda a: a[rows_M], x))  # noqa: E731
+            loss_fn = lambda params: _policy_term(  # noqa: E731
+                model, rl, params, *take(role), take(old_BN), take(ref_BN))
+            (role_loss, m), role_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            if i == 0:
+                loss, metrics, grads = role_loss, m, role_grads
+            else:
+                loss = loss + extra_coef * role_loss
+                grads = jax.tree.map(lambda g, e: g + extra_coef * e, grads, role_grads)
+                m["loss"] = role_loss
+                metrics.update({f"verifier/{k}": v for k, v in m.items()})
         state, opt_metrics = apply_gradients(state, grads)
-        return state, {"loss": loss, **m, **opt_metrics}
+        return state, {"loss": loss, **metrics, **opt_metrics}
 
-    rows_EMS = jnp.stack([
-        jax.random.permutation(state.key(_SHUFFLE_SALT, e), b).reshape(rl.num_minibatches, -1)
-        for e in range(rl.num_epochs)]).reshape(-1, b // rl.num_minibatches)
-    state, per_update = jax.lax.scan(minibatch, state, rows_EMS)
+    rows = (_shuffled_rows(lambda e: state.key(_SHUFFLE_SALT, e), b, rl),)
+    if extra is not None:
+        rows += (_shuffled_rows(lambda e: state.key(_EXTRA_SHUFFLE_SALT, e),
+                                extra.adv_B.shape[0], rl),)
+    state, per_update = jax.lax.scan(minibatch, state, rows)
     metrics = jax.tree.map(jnp.mean, per_update)
     # Before any update the trainer's params are the sampler's: the first minibatch's gap is
     # the sampler/trainer numerical mismatch (later ones include the updates).
@@ -221,7 +269,7 @@ def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, pr
 
 def make_step(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig, reward, *,
               max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int,
-              layout=None, state_sharding=None):
+              layout=None, state_sharding=None, judge_phase=None, judge_coef: float = 0.0):
     """`step(state, prompts_PL, prompt_lengths_P, reward_inputs_P, prompt_ids_P) ->
     (state, metrics)`.
 
@@ -236,14 +284,19 @@ def make_step(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig, rewa
     With a `sharding.Layout` the rollout rows, KV cache and minibatches are split over the
     batch axes, and the new state keeps `state_sharding` (`state.shardings`). A host reward
     then scores each process's own rows (`reward_inputs_P` is the whole batch's list).
+
+    `judge_phase(state, prompts_PL, prompt_lengths_P, rollout, rewards_B) -> (ExtraRows,
+    metrics)`, a pure function (PairRL's, rl/pairrl.py), runs between the reward and the
+    update (its own timed jit when split); its rows join the update with weight `judge_coef`.
     """
     g = rl.num_generations
     rollout = functools.partial(rollout_phase, model, rl, rollout_cfg,
                                 max_new_tokens=max_new_tokens, stop_tokens=stop_tokens,
                                 pad_id=pad_id, layout=layout)
-    update = functools.partial(update_phase, model, rl, layout=layout)
+    update = functools.partial(update_phase, model, rl, extra_coef=judge_coef, layout=layout)
     keep = {} if state_sharding is None else {"out_shardings": (state_sharding,
                                                                 layout.replicated)}
+    judge = judge_phase or (lambda *_: (None, {}))
 
     def rewards_of(out, inputs_P):
         if not reward.is_host:
@@ -267,13 +320,16 @@ def make_step(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig, rewa
         def step(state, prompts_PL, prompt_lengths_P, targets_PT, prompt_ids_P):
             out, stats = rollout(state, prompts_PL, prompt_lengths_P, prompt_ids_P)
             rewards_B, reward_metrics = rewards_of(out, targets_PT)
+            extra, judge_metrics = judge(state, prompts_PL, prompt_lengths_P, out, rewards_B)
             state, metrics = update(state, prompts_PL, prompt_lengths_P, prompt_ids_P, out,
-                                    rewards_B)
-            return state, {**metrics, **reward_metrics, **rollout_metrics(out, stats)}
+                                    rewards_B, extra)
+            return state, {**metrics, **reward_metrics, **rollout_metrics(out, stats),
+                           **judge_metrics}
         return step
 
     rollout_jit = jax.jit(rollout)
     reward_fn = rewards_of if reward.is_host else jax.jit(rewards_of)
+    judge_jit = jax.jit(judge)
     update_jit = jax.jit(update, donate_argnums=0, **keep)
 
     def split_step(state, prompts_PL, prompt_lengths_P, inputs_P, prompt_ids_P):
@@ -282,13 +338,19 @@ def make_step(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig, rewa
             rollout_jit(state, prompts_PL, prompt_lengths_P, prompt_ids_P))
         t1 = time.perf_counter()
         rewards_B, reward_metrics = jax.block_until_ready(reward_fn(out, inputs_P))
+        rewards_B = jnp.asarray(rewards_B)
         t2 = time.perf_counter()
-        state, metrics = jax.block_until_ready(
-            update_jit(state, prompts_PL, prompt_lengths_P, prompt_ids_P, out,
-                       jnp.asarray(rewards_B)))
+        extra, judge_metrics = jax.block_until_ready(
+            judge_jit(state, prompts_PL, prompt_lengths_P, out, rewards_B))
         t3 = time.perf_counter()
+        state, metrics = jax.block_until_ready(
+            update_jit(state, prompts_PL, prompt_lengths_P, prompt_ids_P, out, rewards_B,
+                       extra))
+        t4 = time.perf_counter()
+        times = {"time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/update_s": t4 - t3,
+                 "time/rollout_tokens_per_s": float(metrics["generated_tokens"]) / (t1 - t0)}
+        if judge_phase is not None:
+            times["time/judge_s"] = t3 - t2
         return state, {**metrics, **reward_metrics, **rollout_metrics(out, stats),
-                       "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1,
-                       "time/update_s": t3 - t2,
-                       "time/rollout_tokens_per_s": float(metrics["generated_tokens"]) / (t1 - t0)}
+                       **judge_metrics, **times}
     return split_step
