@@ -247,6 +247,23 @@ def test_bf16_checkpoint_loads_exactly_and_saves_in_bf16(tmp_path):
         saved["model.layers.1.self_attn.q_proj.weight"].astype(np.float32), q_kernel.T)
 
 
+def test_dtype_objects_and_the_model_itself_are_accepted(tmp_path):
+    """hf.load(path, dtype=jnp.float32) and hf.save(path, model, params) as users write
+    them: the same files and params as the string / ModelConfig forms."""
+    _random_hf_model("qwen2").save_pretrained(tmp_path / "hf")
+    by_name = hf.load(tmp_path / "hf", dtype="float32")
+    for dtype in (jnp.float32, np.float32, jnp.dtype("float32")):
+        model, params = hf.load(tmp_path / "hf", dtype=dtype)
+        assert model.cfg == by_name[0].cfg
+        jax.tree.map(np.testing.assert_array_equal, params, by_name[1])
+    with pytest.raises(ValueError, match="dtype='floaty' is not a dtype"):
+        hf.load(tmp_path / "hf", dtype="floaty")
+    hf.save(tmp_path / "by_model", model, params)
+    hf.save(tmp_path / "by_cfg", model.cfg, params)
+    for name in (hf.WEIGHTS_FILE, hf.CONFIG_FILE):
+        assert (tmp_path / "by_model" / name).read_bytes() == (tmp_path / "by_cfg" / name).read_bytes()
+
+
 @pytest.mark.parametrize("checkpoint", ["qwen3"], indirect=True)
 def test_load_does_not_import_torch(checkpoint):
     """The GPU benchmark images have no torch; loading must not need it."""
