@@ -30,7 +30,9 @@ FLAGS = ("--config.task.max_steps=1", "--config.sft.batch_size=8", "--config.rl.
          "--config.rl.num_generations=4", "--config.eval.num_problems=4",
          "--config.checkpoint.every=1", "--config.checkpoint.max_to_keep=3",
          "--config.rollout.fit_cost_model=False", "--config.rollout.widths=(0,4)",
-         "--config.rollout.compaction=False", "--config.task.train_pool=2")
+         "--config.rollout.compaction=False", "--config.task.train_pool=2",
+         # A killed process must not leave half-written entries in a shared compile cache.
+         "--config.compile.cache_dir=")
 
 
 def command(workdir: pathlib.Path, sft_steps: int, rl_steps: int) -> list[str]:
