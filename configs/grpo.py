@@ -73,6 +73,10 @@ def get_config(arg=None):
     c.sft.steps = arg.sft_steps
     c.sft.batch_size = 64
     c.sft.learning_rate = 3e-3
+    # Every k-th SFT step trains the judge's reply format on judge prompts with uniformly
+    # random ratings (jaxrl/rl/pairrl.py: format_batch): parseable, uninformed ratings for
+    # PairRL to start from. 0 = never (embedded tasks only).
+    c.sft.judge_every = 0
 
     c.rl = ml_collections.ConfigDict()
     c.rl.steps = arg.rl_steps

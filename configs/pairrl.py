@@ -29,4 +29,8 @@ def get_config(arg=None):
     c.rl.num_generations = 4  # generator rollouts per prompt; the judge's are pairrl's
     c.pairrl.pair_slots = 4  # of the C(4, 2) = 6 pairs of a group
     c.pairrl.judge_generations = 4  # each chosen pair judged once
+    # A small policy has never seen a judge prompt: every 4th SFT step teaches the reply
+    # format with random ratings, the same warm-up whatever the verifier, so standard RL,
+    # PointRL and PairRL start from one policy and only PairRL/PointRL learn to judge.
+    c.sft.judge_every = 4
     return c

@@ -23,6 +23,7 @@ def test_rollout_bench_variants_reproduce_plain_decoding(tmp_path):
     run_bench("rollout", "--preset", "tiny", "--dtype", "float32", "--sft-steps", "2",
               "--warm-steps", "1", "--steps", "1", "--pool", "2", "--num-generations", "4",
               "--repeats", "1", "--ablations", "no_compaction", "--fit-cost-model", "0",
+              "--widths", "0,4",
               "--out-dir", str(tmp_path))
     report = json.loads((tmp_path / "rollout.json").read_text())
     summary = report["summary"]

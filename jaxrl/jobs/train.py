@@ -29,6 +29,7 @@ from jaxrl.rollout import das, policy
 from jaxrl.rollout.decode import generate
 from jaxrl.rollout.sampling import SamplingParams
 from jaxrl.tasks import prompts
+from jaxrl.tasks.base import TOKENIZER
 from jaxrl.workdir import workdir_lock
 
 # Fields a resume may change: they alter neither the train state nor the data stream
@@ -87,6 +88,11 @@ class TrainConfig:
             prompt_len, solution_len = task.max_prompt_len, task.max_solution_len + 1
             self._check_positions("the task's longest prompt", prompt_len,
                                   self.rl.max_new_tokens or solution_len)
+            if self.sft.judge_every:
+                template = pairrl.JudgeTemplate.make(TOKENIZER, "pairwise")
+                self._check_positions("a judge-format SFT prompt (config.sft.judge_every)",
+                                      template.prompt_len(prompt_len, solution_len),
+                                      template.longest_reply + 1)
             return
         if not self.model.path:
             raise ValueError("config.data.source='jsonl' needs config.model.path, an HF "
@@ -272,7 +278,12 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
         while step < total:
             in_sft = step < cfg.sft.steps
             n = cfg.sft.batch_size if in_sft else cfg.rl.num_prompts
-            batch = source.sft_batch(step, n) if in_sft else source.rl_batch(step, n)
+            if not in_sft:
+                batch = source.rl_batch(step, n)
+            elif cfg.sft.is_judge_step(step):
+                batch = pairrl.format_batch(source.task, cfg.seed, step, n)
+            else:
+                batch = source.sft_batch(step, n)
             # Each process feeds its rows; a host reward's inputs stay a list (grpo.make_step).
             batch = [x if isinstance(x, list) else sharding.shard_batch(x, built.layout)
                      for x in batch]

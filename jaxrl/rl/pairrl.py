@@ -48,12 +48,16 @@ from jaxrl.rl import grpo
 from jaxrl.rollout import das
 from jaxrl.rollout.decode import Rollout, generate
 from jaxrl.rollout.sampling import SamplingParams
+from jaxrl.tasks import batches
+from jaxrl.tasks.base import EOS_ID, TOKENIZER, Task
 from jaxrl.verify import judge
 
 VERIFIERS = ("pairwise", "pointwise", "none")
 # Salts of state.key next to grpo's 0, 1, 2: the judge phase never consumes the
 # generator's keys, so it leaves the generator's randomness as standard RL's.
 _PAIR_SALT, _JUDGE_SALT = 3, 4
+# The random stream of `format_batch` (next to the task's problem stream of the step).
+_FORMAT_STREAM = 5
 # The rating band that earns reward: |v - y| <= 0.2 (the paper's sparsity threshold; a
 # judge that always says 5 or 6 earns 0, so the reward does not collapse to ratings of 0.5).
 _BAND = 0.2
@@ -203,6 +207,48 @@ def judge_prompts(template: JudgeTemplate, problems_BL, problem_lengths_B, solut
     for seg, piece in zip(segments, template.pieces[1:]):
         parts += [seg, (np.asarray(piece, np.int32), None)]
     return concat_ragged(parts, pad_id)
+
+
+def format_batch(task: Task, seed: int, step: int, n: int) -> tuple:
+    """An SFT batch that teaches the judge's reply format and nothing else: `n` judge
+    prompts (even rows pairwise, odd rows pointwise) for step `step`'s training problems,
+    each shown solution the reference or the reference with one digit of its answer changed
+    (a coin flip each), and replies with ratings drawn uniformly from 1..10, whatever the
+    solutions' correctness. A policy warmed up on it writes parseable ratings that carry no
+    judgement (a random judge); judging can then only come from the verifier reward.
+    Padded to fixed widths (the longest pair prompt of the task's budgets; the longest
+    reply plus EOS): one compile. Returns the SFT step's arrays, as
+    `EmbeddedPrompts.sft_batch` does."""
+    rng = np.random.default_rng([seed, step, _FORMAT_STREAM])
+
+    def shown(prob) -> str:
+        if rng.random() < 0.5:
+            return prob.solution
+        digits = [i for i in range(prob.solution.rindex("#") + 1, len(prob.solution))
+                  if prob.solution[i].isdigit()]
+        if not digits:  # no digit in the answer: shown unchanged
+            return prob.solution
+        i = digits[rng.integers(len(digits))]
+        other = str((int(prob.solution[i]) + rng.integers(1, 10)) % 10)
+        return prob.solution[:i] + other + prob.solution[i + 1:]
+
+    prompts, replies = [], []
+    for row, prob in enumerate(batches.train_problems(task, seed, step, n)):
+        if row % 2 == 0:
+            prompts.append(judge.pair_prompt(prob.prompt, shown(prob), shown(prob)))
+            replies.append(_PAIR_REPLY.format(*rng.integers(1, 11, size=2)))
+        else:
+            prompts.append(judge.point_prompt(prob.prompt, shown(prob)))
+            replies.append(_POINT_REPLY.format(rng.integers(1, 11)))
+    template = JudgeTemplate.make(TOKENIZER, "pairwise")
+    prompt_len, solution_len = batches.budgets(task)
+    prompts_PL, prompt_lengths_P = batches.pad_rows(
+        [TOKENIZER.encode(t) for t in prompts], template.prompt_len(prompt_len, solution_len),
+        TOKENIZER.pad_id)
+    replies_PN, reply_lengths_P = batches.pad_rows(
+        [TOKENIZER.encode(t) + [EOS_ID] for t in replies], template.longest_reply + 1,
+        TOKENIZER.pad_id)
+    return prompts_PL, prompt_lengths_P, replies_PN, reply_lengths_P
 
 
 # ---- ratings and rewards ----

@@ -21,11 +21,17 @@ class SFTConfig:
     steps: int
     batch_size: int
     learning_rate: float
+    judge_every: int  # every k-th step teaches the judge format (rl/pairrl.format_batch)
 
     def __post_init__(self):
         at_least("config.sft.steps", self.steps, 0)
+        at_least("config.sft.judge_every", self.judge_every, 0)
         at_least("config.sft.batch_size", self.batch_size, 1)
         positive("config.sft.learning_rate", self.learning_rate)
+
+    def is_judge_step(self, step: int) -> bool:
+        """Steps judge_every - 1, 2 judge_every - 1, ...: the judge-format batches."""
+        return self.judge_every > 0 and (step + 1) % self.judge_every == 0
 
 
 def sft_loss(model: Decoder, params, prompts_PL, prompt_lengths_P, solutions_PN,

@@ -13,7 +13,10 @@ from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder, init_params
 from jaxrl.models.tokenizer import CharTokenizer
 from jaxrl.rl import grpo, pairrl, state as state_lib
+from jaxrl.rl.sft import SFTConfig
 from jaxrl.rollout.decode import Rollout
+from jaxrl.tasks import batches
+from jaxrl.tasks.prompts import TaskConfig
 from jaxrl.verify import judge
 
 TOK = CharTokenizer()
@@ -229,6 +232,58 @@ def step_of(verifier="none", lam=1.0, split=False):
                               judge_max_new_tokens=16)
     return pairrl.make_step(MODEL, rl, rollout_config(speculative=False), EvenFirstToken(), cfg,
                             TOK, prompt_len=12, **kw)
+
+
+# ---- the judge-format warm-up ----
+
+def test_format_batch_shows_reference_or_one_digit_wrong_answers_and_uninformed_ratings():
+    """`format_batch`: judge prompts V1-Infer writes, each shown solution the reference or
+    the reference with exactly one answer digit changed (then wrong), replies that parse,
+    and ratings uniform on 1..10 whatever the solution's correctness."""
+    task = TaskConfig(name="sort", difficulty=1, max_steps=0, train_pool=0).make()
+    counts = {True: np.zeros(11), False: np.zeros(11)}
+    for step in range(40):
+        prompts_PL, lengths_P, replies_PN, reply_lengths_P = pairrl.format_batch(task, 0, step, 50)
+        assert prompts_PL.shape == (50, PAIR.prompt_len(*batches.budgets(task)))
+        assert replies_PN.shape == (50, PAIR.longest_reply + 1)
+        for row, prob in enumerate(batches.train_problems(task, 0, step, 50)):
+            prompt = TOK.decode(prompts_PL[row, :lengths_P[row]].tolist())
+            reply = replies_PN[row, :reply_lengths_P[row]].tolist()
+            assert reply[-1] == EOS
+            reply = TOK.decode(reply[:-1])
+            head = f"Problem:\n{prob.prompt}\n\n"
+            assert prompt.startswith(head)
+            if row % 2 == 0:
+                a = prompt[len(head) + len("Solution A:\n"):prompt.index("\n\nSolution B:")]
+                b = prompt[prompt.index("Solution B:\n") + 12:prompt.index("\n\nRate")]
+                assert prompt == judge.pair_prompt(prob.prompt, a, b)
+                shown, ratings = [a, b], judge.parse_pair_ratings("Rating A: " + reply)
+            else:
+                sol = prompt[len(head) + len("Solution:\n"):prompt.index("\n\nRate")]
+                assert prompt == judge.point_prompt(prob.prompt, sol)
+                shown, ratings = [sol], (judge.parse_point_rating("Rating: " + reply),)
+            for text, rating in zip(shown, ratings):
+                assert rating in judge.RATINGS
+                changed = [i for i, (x, y) in enumerate(zip(text, prob.solution)) if x != y]
+                assert len(text) == len(prob.solution) and len(changed) <= 1
+                if changed:  # a digit of the answer line, now a wrong answer
+                    assert changed[0] > prob.solution.rindex("#") and text[changed[0]].isdigit()
+                    assert not task.check(prob, text)
+                counts[not changed][int(rating)] += 1
+    # Uniform and uninformed: each rating's count, in either group of ~1500 ratings, within
+    # 6 binomial sigmas of n/10 (p = 0.1; a false failure has probability < 1e-8 per cell).
+    for group in counts.values():
+        n = group.sum()
+        assert n > 1000
+        sigma = np.sqrt(n * 0.1 * 0.9)
+        assert np.all(np.abs(group[1:] - n / 10) < 6 * sigma), group
+
+
+def test_judge_format_steps_are_every_kth_sft_step():
+    cfg = SFTConfig(steps=10, batch_size=4, learning_rate=1e-3, judge_every=4)
+    assert [s for s in range(10) if cfg.is_judge_step(s)] == [3, 7]
+    off = SFTConfig(steps=10, batch_size=4, learning_rate=1e-3, judge_every=0)
+    assert not any(off.is_judge_step(s) for s in range(10))
 
 
 def test_lambda_zero_is_standard_rl_bit_for_bit():
