@@ -107,10 +107,15 @@ def initialize(cfg: DistributedConfig) -> None:
         return
     from jax._src.clusters import ClusterEnv  # JAX's detectors: what initialize() would use
 
-    if not any(env.is_env_present() for env in ClusterEnv._cluster_types):
+    # As jax.distributed.initialize() picks: opt-in detectors (mpi4py: merely installed, on
+    # many GPU images) count only when asked for by name.
+    found = [env.__name__ for env in ClusterEnv._cluster_types
+             if not env.opt_in_only_method and env.is_env_present()]
+    if not found:
         return
     jax.distributed.initialize()
-    logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+    logging.info("jax.distributed (%s): process %d of %d", found[0], jax.process_index(),
+                 jax.process_count())
 
 
 def make_mesh(shape: Mapping[str, int] | MeshConfig,
