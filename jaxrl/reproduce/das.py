@@ -27,7 +27,7 @@ VARIANTS = {"plain": (("rollout.speculative", False),),
 
 SETTINGS = {
     # One H200: the 0.8M `small` policy, float32 (the identity is exact there).
-    "default": dict(task="sort", difficulty=1, model="small", sft_steps=1000, rl_steps=30,
+    "default": dict(task="sort", difficulty=1, model="small", sft_steps=400, rl_steps=30,
                     pool=64, generations=8, eval_every=10, eval_problems=64, seeds=3,
                     overrides=()),
     # CI on a CPU: the pipeline and the files, not the numbers.

@@ -29,7 +29,7 @@ POINTWISE = "pointwise, V calls"
 
 SETTINGS = {
     # One H200: the 0.8M `small` policy; runs share the GPU (`parallel`).
-    "default": dict(task="sort", difficulty=1, model="small", sft_steps=2000, rl_steps=100,
+    "default": dict(task="arithmetic", difficulty=0, model="small", sft_steps=1000, rl_steps=60,
                     prompts=64, eval_problems=64, v1_problems=64, candidates=16,
                     budgets=(1, 2, 3), judge_rows=512, seeds=3, parallel=5, v1_small=False),
     # CI on a CPU: the pipeline and the files, not the numbers.
