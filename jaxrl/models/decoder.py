@@ -136,8 +136,9 @@ class Block(nn.Module):
         cfg = self.cfg
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype,  # noqa: E731
                                     name=name)
-        attn_out, cache = Attention(cfg, self.attention_impl, self.prefill_attention, name="attn")(
-            norm("attn_norm")(x_BTE), positions_BT, mask_BTS, cache, layer, attend_cache)
+        attention = Attention(cfg, self.attention_impl, self.prefill_attention, name="attn")
+        attn_out, cache = attention(norm("attn_norm")(x_BTE), positions_BT, mask_BTS, cache,
+                                    layer, attend_cache)
         x_BTE = x_BTE + attn_out
         x_BTE = x_BTE + MLP(cfg, name="mlp")(norm("mlp_norm")(x_BTE))
         return x_BTE, cache
@@ -209,7 +210,8 @@ class Decoder(nn.Module):
                                (cfg.vocab_size, cfg.hidden_size), cfg.jnp_param_dtype)
         x_BTE = jnp.take(embedding, tokens_BT, axis=0).astype(cfg.jnp_dtype)
         for i in range(cfg.num_layers):
-            x_BTE, cache = Block(cfg, self.attention_impl, self.prefill_attention, name=f"layers_{i}")(
+            x_BTE, cache = Block(cfg, self.attention_impl, self.prefill_attention,
+                                 name=f"layers_{i}")(
                 x_BTE, positions_BT, mask_BTS, cache, i, not prefill)
         x_BTE = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="final_norm")(x_BTE)
         if logits_at_BK is not None:

@@ -39,7 +39,7 @@ def packed_rows(m: int, frac: float) -> int:
 
 def pack_layout(lengths_M: jax.Array, *, rows: int, row_len: int) -> PackLayout:
     """First-fit decreasing: longest sequence first, each into the first row with room."""
-    order_M = jnp.argsort(-lengths_M, stable=True)
+    order = jnp.argsort(-lengths_M, stable=True)
 
     def place(fill_R, m):
         length = lengths_M[m]
@@ -48,11 +48,12 @@ def pack_layout(lengths_M: jax.Array, *, rows: int, row_len: int) -> PackLayout:
         ok = room_R[r]
         return fill_R.at[r].add(jnp.where(ok, length, 0)), (r, fill_R[r], ok)
 
-    _, (row_O, start_O, ok_O) = jax.lax.scan(place, jnp.zeros(rows, lengths_M.dtype), order_M)
+    _, (row_sorted, start_sorted, ok_sorted) = jax.lax.scan(
+        place, jnp.zeros(rows, lengths_M.dtype), order)
     # Back from sorted order to row order.
-    row_M = jnp.zeros_like(row_O).at[order_M].set(row_O)
-    start_M = jnp.zeros_like(start_O).at[order_M].set(start_O)
-    return PackLayout(row_M, start_M, ok_O.all(), row_len, rows)
+    row_M = jnp.zeros_like(row_sorted).at[order].set(row_sorted)
+    start_M = jnp.zeros_like(start_sorted).at[order].set(start_sorted)
+    return PackLayout(row_M, start_M, ok_sorted.all(), row_len, rows)
 
 
 def pack_tokens(layout: PackLayout, prompts_ML, prompt_lengths_M, completions_MN,
@@ -61,22 +62,23 @@ def pack_tokens(layout: PackLayout, prompts_ML, prompt_lengths_M, completions_MN
     token 0 at position 0) and its k-th real token sits at slot `start_m + k`."""
     m, l = prompts_ML.shape
     n = completions_MN.shape[1]
-    tokens_MK = jnp.concatenate([prompts_ML, completions_MN], axis=1)
-    k_K = jnp.arange(l + n)
+    tokens_MT = jnp.concatenate([prompts_ML, completions_MN], axis=1)
+    k_T = jnp.arange(l + n)
     # The k-th real token of row m: prompt token k, or completion token k - plen.
-    is_prompt_MK = k_K[None] < prompt_lengths_M[:, None]
-    src_MK = jnp.where(is_prompt_MK, k_K[None], l + k_K[None] - prompt_lengths_M[:, None])
-    real_MK = k_K[None] < (prompt_lengths_M + completion_lengths_M)[:, None]
-    real_tokens_MK = jnp.take_along_axis(tokens_MK, jnp.clip(src_MK, 0, l + n - 1), axis=1)
-    row_MK = jnp.broadcast_to(layout.row_M[:, None], real_MK.shape)
-    slot_MK = jnp.where(real_MK, layout.start_M[:, None] + k_K[None], layout.row_len)
+    is_prompt_MT = k_T[None] < prompt_lengths_M[:, None]
+    src_MT = jnp.where(is_prompt_MT, k_T[None], l + k_T[None] - prompt_lengths_M[:, None])
+    real_MT = k_T[None] < (prompt_lengths_M + completion_lengths_M)[:, None]
+    real_tokens_MT = jnp.take_along_axis(tokens_MT, jnp.clip(src_MT, 0, l + n - 1), axis=1)
+    row_MT = jnp.broadcast_to(layout.row_M[:, None], real_MT.shape)
+    slot_MT = jnp.where(real_MT, layout.start_M[:, None] + k_T[None], layout.row_len)
     shape = (layout.rows, layout.row_len)
 
-    def scatter(values_MK):
-        return jnp.zeros(shape, jnp.int32).at[row_MK, slot_MK].set(
-            values_MK.astype(jnp.int32), mode="drop")
-    segment_MK = jnp.broadcast_to(jnp.arange(1, m + 1)[:, None], real_MK.shape)
-    return scatter(real_tokens_MK), scatter(segment_MK), scatter(jnp.broadcast_to(k_K, real_MK.shape))
+    def scatter(values_MT):
+        return jnp.zeros(shape, jnp.int32).at[row_MT, slot_MT].set(
+            values_MT.astype(jnp.int32), mode="drop")
+    segment_MT = jnp.broadcast_to(jnp.arange(1, m + 1)[:, None], real_MT.shape)
+    position_MT = jnp.broadcast_to(k_T, real_MT.shape)
+    return scatter(real_tokens_MT), scatter(segment_MT), scatter(position_MT)
 
 
 def unpack(layout: PackLayout, x_RT: jax.Array, prompt_lengths_M, n: int) -> jax.Array:
