@@ -1,9 +1,11 @@
 """Packed update rows (rl/packing.py): a hand-worked layout, a mask that never crosses
 segments, and the packed update's log-probs, loss and gradients against the unpacked one's
-on a tiny model with ragged lengths (and the unpacked fallback when rows do not fit)."""
+on a tiny model with ragged lengths (and the unpacked fallback when rows do not fit); the
+config names a bad packing or prefill attention."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import rl_config
 from jaxrl.models.config import preset
@@ -112,3 +114,15 @@ def test_packed_logprobs_loss_and_grads_match_unpacked():
         model, p, prompts, plen, comp, clen, packing="segments", pack_rows_frac=0.125))(params)
     assert not bool(packed)
     assert_close(np.asarray(logp)[valid], np.asarray(want_logp)[valid])
+
+
+def test_config_names_the_bad_packing_and_attention():
+    from configs import config_dict, train_config
+
+    for field, value in (("rl.packing", "dense"), ("rl.pack_rows_frac", 0.0),
+                         ("model.prefill_attention", "flash")):
+        c = config_dict()
+        section, name = field.split(".")
+        c[section][name] = value
+        with pytest.raises(ValueError, match=f"config.{field}"):
+            train_config(c)
