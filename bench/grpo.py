@@ -33,6 +33,12 @@ What is reported (the JSON in `--out-dir` has every step):
 - Rollout lengths: every completion length of every GRPO step (a histogram PNG, with the
   reference solution lengths of the same prompts for comparison).
 - Greedy held-out accuracy after SFT and after GRPO (`--eval-problems 0` skips it).
+- `--packing none,segments`: the first mode trains; before each step, every further mode
+  takes the same step (same state, same batch, so the same rollout) on a copy of the state,
+  and its update seconds, update MFU (padded and real, the same FLOPs as above: what the
+  step has to compute, not what the packed rows compute) and loss are reported beside the
+  first mode's. `--pack-rows-frac` is `rl.pack_rows_frac`; `--prefill-attention` is
+  `model.prefill_attention` (models/attention.py) for the whole run.
 
 The per-sequence lengths come out of the step itself: the reward is wrapped so that its
 metrics also return `lengths_B`, which the split step hands back with its other metrics;
@@ -99,6 +105,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--old-logprobs", default="sampler", choices=("sampler", "recompute"),
                    help="config.rl.old_logprobs; BENCHMARKS.md's figures used sampler")
     p.add_argument("--eval-problems", type=int, default=256, help="0: no evaluation")
+    p.add_argument("--packing", default="none",
+                   help="config.rl.packing, or a comma list: the first trains, the others "
+                        "take each step on a copy of the state (their update is timed too)")
+    p.add_argument("--pack-rows-frac", type=float, default=0.5, help="config.rl.pack_rows_frac")
+    p.add_argument("--prefill-attention", default="reference",
+                   help="config.model.prefill_attention: reference | xla | cudnn | auto")
     p.add_argument("--peak-tflops", type=float, default=0.0,
                    help="dense bf16 peak for MFU; 0: by device kind (none on unknown devices)")
     p.add_argument("--time-budget-s", type=float, default=480.0,
@@ -109,6 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     # The RL fields are checked by the typed config (config.rl.*); these have no config field.
     if args.eval_problems < 0:
         raise SystemExit(f"--eval-problems={args.eval_problems}: must be >= 0")
+    args.packing = args.packing.split(",")
+    if len(set(args.packing)) != len(args.packing):
+        raise SystemExit(f"--packing={','.join(args.packing)}: a mode appears twice")
     return args
 
 
@@ -126,6 +141,8 @@ def make_config(args, vocab_size: int):
         "rl.num_generations": args.num_generations, "rl.max_new_tokens": args.max_new_tokens,
         "rl.num_minibatches": args.num_minibatches, "rl.num_epochs": args.num_epochs,
         "rl.old_logprobs": args.old_logprobs, "rl.split_phases": True,
+        "rl.packing": args.packing[0], "rl.pack_rows_frac": args.pack_rows_frac,
+        "model.prefill_attention": args.prefill_attention,
         "eval.num_problems": max(args.eval_problems, 1)})
 
 
@@ -184,6 +201,32 @@ def _mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
+def packing_row(m: dict, compile_s: float) -> dict:
+    """What one packing mode's step reports: its update time, loss and packed fraction."""
+    return {"update_s": float(m["time/update_s"]), "compile_s": compile_s,
+            "loss": float(m["loss"]),
+            "packed_frac": float(m["packing/packed_frac"]) if "packing/packed_frac" in m else None}
+
+
+def packing_summary(rl_rows: list, modes: list, peak) -> dict:
+    """Per packing mode, over the steps in which that mode compiled nothing: mean update
+    seconds, and update MFU from the step's FLOPs (padded and real) over those seconds."""
+    out = {}
+    for mode in modes:
+        timed = [r for r in rl_rows if not r["packing"][mode]["compile_s"]]
+        upd = sum(r["packing"][mode]["update_s"] for r in timed)
+        frac = [r["packing"][mode]["packed_frac"] for r in timed]
+        out[mode] = timed and {
+            "timed_steps": len(timed), "mean_update_s": upd / len(timed),
+            "update_mfu_padded": (sum(r["update_flops_padded"] for r in timed) / upd / peak
+                                  if peak else None),
+            "update_mfu_real": (sum(r["update_flops_real"] for r in timed) / upd / peak
+                                if peak else None),
+            "packed_frac": None if None in frac else _mean(frac),
+            "mean_loss": _mean([r["packing"][mode]["loss"] for r in timed])}
+    return out
+
+
 def plot_lengths(path: str, lengths_per_step: list, reference: list, budget: int,
                  title: str) -> None:
     import matplotlib
@@ -219,6 +262,7 @@ def plot_lengths(path: str, lengths_per_step: list, reference: list, budget: int
 
 def main(args: argparse.Namespace) -> None:
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from jaxrl import sharding
@@ -247,9 +291,11 @@ def main(args: argparse.Namespace) -> None:
     cfg, task = model.cfg, source.task
     n_new, prompt_len, solution_len = source.max_new_tokens, source.prompt_len, source.solution_len
     tok = source.tokenizer
-    rl_step = grpo.make_step(model, config.rl, config.rollout, LengthsReward(built.reward),
-                             max_new_tokens=n_new, stop_tokens=tuple(tok.eos_ids),
-                             pad_id=tok.pad_id)
+    rl_steps = {mode: grpo.make_step(model, config.rl.replace(packing=mode), config.rollout,
+                                     LengthsReward(built.reward), max_new_tokens=n_new,
+                                     stop_tokens=tuple(tok.eos_ids), pad_id=tok.pad_id)
+                for mode in args.packing}
+    rl_step = rl_steps[args.packing[0]]
     jax.block_until_ready(state)
     log(f"{args.preset}: {cfg.num_params() / 1e6:.1f}M params (vocab {cfg.vocab_size}), params "
         f"{cfg.param_dtype}, activations {cfg.dtype}; task {args.task} d{args.difficulty}: "
@@ -337,6 +383,11 @@ def main(args: argparse.Namespace) -> None:
             report["rl"]["cut_short"] = True
             break
         batch = source.rl_batch(args.sft_steps + i, args.num_prompts)
+        others = {}
+        for mode in args.packing[1:]:
+            compiles.take()
+            _, m_mode = rl_steps[mode](jax.tree.map(jnp.copy, state), *batch)
+            others[mode] = packing_row(jax.device_get(m_mode), compiles.take())
         compiles.take()
         t0 = time.perf_counter()
         state, m = rl_step(state, *batch)
@@ -365,6 +416,7 @@ def main(args: argparse.Namespace) -> None:
                "update_flops_real": e * train_flops(cfg, n_rows, real_t.sum(), float(lengths.sum()),
                                                     float((real_t ** 2).sum())),
                "lengths": lengths.tolist()}
+        row["packing"] = {args.packing[0]: packing_row(m, row["compile_s"]), **others}
         rl_rows.append(row)
         log(f"GRPO step {i + 1}/{args.rl_steps}: {seconds:.2f}s = rollout {row['rollout_s']:.2f} "
             f"+ reward {row['reward_s']:.3f} + update {row['update_s']:.2f}"
@@ -394,6 +446,7 @@ def main(args: argparse.Namespace) -> None:
                                   "max": int(every.max()),
                                   "at_budget_frac": float(np.mean(every >= n_new)),
                                   "truncated_frac": _mean([r["truncated_frac"] for r in rl_rows])},
+            "packing": packing_summary(rl_rows, args.packing, peak),
         }
     evaluate("after_rl")
     if common.peak_memory_gib() is not None:
@@ -450,6 +503,13 @@ def tables(report: dict) -> str:
                  ("update tokens/s (padded)", f"{rl['update_tokens_per_s_padded']:,.0f}"),
                  ("update MFU padded / real", f"{_f(rl['update_mfu_padded'], '.1%')} / "
                                               f"{_f(rl['update_mfu_real'], '.1%')}")]
+        for mode, p in rl["packing"].items():
+            if p:
+                rows.append((f"  update with packing={mode} ({p['timed_steps']} timed)",
+                             f"{p['mean_update_s']:.3f} s, MFU padded / real "
+                             f"{_f(p['update_mfu_padded'], '.1%')} / "
+                             f"{_f(p['update_mfu_real'], '.1%')}, packed "
+                             f"{_f(p['packed_frac'], '.0%')} of minibatches"))
         ln = rl["lengths_all_steps"]
         rows.append(("rollout length mean / p50 / p90 / max",
                      f"{ln['mean']:.1f} / {ln['p50']:.0f} / {ln['p90']:.0f} / {ln['max']}"

@@ -24,6 +24,10 @@ def get_config(arg=None):
     c.model.dtype = "bfloat16"  # activations
     c.model.param_dtype = "bfloat16"
     c.model.vocab_size = 0  # 0 = the tokenizer's
+    # Attention of the forwards over their own tokens (update, SFT, prefill): reference |
+    # xla | cudnn (GPU, bf16/fp16; raises elsewhere) | auto (cudnn where it applies, else
+    # reference). Not bit-identical to reference (jaxrl/models/attention.py).
+    c.model.prefill_attention = "reference"
 
     c.prompts = ("12+7=", "Countdown: reach 24 with 3 4 6 8.", "The quick brown fox")
     c.num_samples = 2  # completions per prompt

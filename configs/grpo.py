@@ -61,6 +61,10 @@ def get_config(arg=None):
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
     c.model.vocab_size = 0  # 0 = the tokenizer's; a preset's real vocab gives its real costs (bench/)
+    # Attention of the forwards over their own tokens (update, SFT, prefill): reference |
+    # xla | cudnn (GPU, bf16/fp16; raises elsewhere) | auto (cudnn where it applies, else
+    # reference). Not bit-identical to reference (jaxrl/models/attention.py).
+    c.model.prefill_attention = "reference"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.warmup_steps = 20
@@ -108,6 +112,13 @@ def get_config(arg=None):
     c.rl.overlong_filter = False  # mask completions cut at max_new_tokens
     c.rl.format_coef = 0.0
     c.rl.split_phases = True  # three jits, timed; False = one jit (same results)
+    # The update's forwards on packed rows (jaxrl/rl/packing.py): 'segments' lays the real
+    # tokens of each minibatch's rows end to end in ceil(pack_rows_frac * rows) rows of the
+    # same length, each sequence attending only to itself, so FLOPs go to real tokens; a
+    # minibatch that does not fit runs unpacked (metric packing/packed_frac). Equal to
+    # 'none' up to float rounding, not bit for bit: off by default.
+    c.rl.packing = "none"  # none | segments
+    c.rl.pack_rows_frac = 0.5
 
     # V1-PairRL (jaxrl/rl/pairrl.py; configs/pairrl.py turns it on): the policy also
     # judges pairs of its own solutions, trained on J = J_gen + lam * J_verif.

@@ -71,6 +71,10 @@ def get_config(arg=None):
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
     c.model.vocab_size = 0  # 0 = the tokenizer's
+    # Attention of the forwards over their own tokens (update, SFT, prefill): reference |
+    # xla | cudnn (GPU, bf16/fp16; raises elsewhere) | auto (cudnn where it applies, else
+    # reference). Not bit-identical to reference (jaxrl/models/attention.py).
+    c.model.prefill_attention = "reference"
     # A `train` run's workdir: its newest checkpoint's params replace the model's; `model`
     # must then equal that run's config.model (checked), which says the architecture.
     c.policy_workdir = ""

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxrl.models.attention import PREFILL_IMPLS, attend
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.kv_cache import KVCache
 from kernels.dispatch import IMPLS
@@ -74,6 +75,7 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     cfg: ModelConfig
     attention_impl: str = "reference"
+    prefill_attention: str = "reference"
 
     @nn.compact
     def __call__(self, x_BTE, positions_BT, mask_BTS, cache: KVCache | None, layer: int,
@@ -99,15 +101,13 @@ class Attention(nn.Module):
             # Writes at the old lengths_B: the new tokens sit at slots lengths_B + t, and
             # lengths_B advances only after the last layer (Decoder.__call__).
             cache = cache.write(layer, k, v)
-        if cache is not None and attend_cache:
-            k, v = cache.k[layer], cache.v[layer]
+        if cache is None or not attend_cache:  # the T new tokens attend to themselves
+            out = attend(q, k, v, mask_BTS, self.prefill_attention)
+        elif self.attention_impl != "reference":
+            out = ragged_attention(q, cache.k[layer], cache.v[layer], cache.lengths_B,
+                                   cache.starts_B, impl=self.attention_impl)
         else:
-            k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-        if cache is not None and attend_cache and self.attention_impl != "reference":
-            out = ragged_attention(q, k, v, cache.lengths_B, cache.starts_B,
-                                   impl=self.attention_impl)
-        else:
-            out = attend_reference(q, k, v, mask_BTS)
+            out = attend_reference(q, cache.k[layer], cache.v[layer], mask_BTS)
         out = dense(cfg.hidden_size, ("heads", "embed"), False, "o_proj")(out)
         return out, cache
 
@@ -129,20 +129,22 @@ class MLP(nn.Module):
 class Block(nn.Module):
     cfg: ModelConfig
     attention_impl: str = "reference"
+    prefill_attention: str = "reference"
 
     @nn.compact
     def __call__(self, x_BTE, positions_BT, mask_BTS, cache, layer, attend_cache):
         cfg = self.cfg
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype,  # noqa: E731
                                     name=name)
-        attn_out, cache = Attention(cfg, self.attention_impl, name="attn")(
-            norm("attn_norm")(x_BTE), positions_BT, mask_BTS, cache, layer, attend_cache)
+        attention = Attention(cfg, self.attention_impl, self.prefill_attention, name="attn")
+        attn_out, cache = attention(norm("attn_norm")(x_BTE), positions_BT, mask_BTS, cache,
+                                    layer, attend_cache)
         x_BTE = x_BTE + attn_out
         x_BTE = x_BTE + MLP(cfg, name="mlp")(norm("mlp_norm")(x_BTE))
         return x_BTE, cache
 
 
-def _masks(tokens_BT, cache, attention_mask_BT, positions_BT, prefill):
+def _masks(tokens_BT, cache, attention_mask_BT, positions_BT, prefill, segment_ids_BT):
     """(positions_BT, mask_BTS) for the three call forms: no cache, prefill, cached step."""
     b, t = tokens_BT.shape
     q_BT1 = jnp.arange(t)[None, :, None]
@@ -152,7 +154,11 @@ def _masks(tokens_BT, cache, attention_mask_BT, positions_BT, prefill):
         if positions_BT is None:
             positions_BT = jnp.maximum(jnp.cumsum(valid_BT, axis=1) - 1, 0)
         mask = (jnp.arange(t)[None, None, :] <= q_BT1) & valid_BT[:, None, :]
+        if segment_ids_BT is not None:
+            mask = mask & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])
         return positions_BT, mask
+    if segment_ids_BT is not None:
+        raise ValueError("segment_ids_BT is for the no-cache form only (packed training rows)")
     if positions_BT is None:
         positions_BT = jnp.maximum(cache.positions(t), 0)
     if prefill:  # keys are only the new tokens, written at slots lengths_B + j
@@ -170,12 +176,16 @@ class Decoder(nn.Module):
     # How a cached step attends to the cache (`kernels.dispatch.IMPLS`): "reference"
     # masks all S_max slots; "pallas"/"auto" read only each row's valid slots.
     attention_impl: str = "reference"
+    # How the no-cache and prefill forms attend to their own tokens (models/attention.py:
+    # PREFILL_IMPLS): "reference" materialises the scores; "cudnn"/"auto" fuse them on GPU.
+    prefill_attention: str = "reference"
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, *, cache: KVCache | None = None,
                  attention_mask_BT: jax.Array | None = None,
                  positions_BT: jax.Array | None = None, prefill: bool = False,
-                 logits_at_BK: jax.Array | None = None):
+                 logits_at_BK: jax.Array | None = None,
+                 segment_ids_BT: jax.Array | None = None):
         """Logits `[B, T, V]` (float32), or `(logits, cache)` when a cache is given.
 
         Without a cache: causal attention over `tokens_BT`; `attention_mask_BT` (1 = token)
@@ -185,16 +195,23 @@ class Decoder(nn.Module):
         `prefill=True` promises the cache holds nothing before these tokens, so attention
         reads only them (cheaper than reading all S_max slots).
         `logits_at_BK` selects K positions per row to unembed (e.g. the last prompt token).
+        `segment_ids_BT` (no cache only) packs several sequences in a row: a token attends
+        only to earlier tokens of its own segment id (give `positions_BT` per segment).
         """
         cfg = self.cfg
         if self.attention_impl not in IMPLS:
             raise ValueError(f"attention_impl={self.attention_impl!r}; valid: {IMPLS}")
-        positions_BT, mask_BTS = _masks(tokens_BT, cache, attention_mask_BT, positions_BT, prefill)
+        if self.prefill_attention not in PREFILL_IMPLS:
+            raise ValueError(f"prefill_attention={self.prefill_attention!r}; valid: "
+                             f"{PREFILL_IMPLS}")
+        positions_BT, mask_BTS = _masks(tokens_BT, cache, attention_mask_BT, positions_BT,
+                                        prefill, segment_ids_BT)
         embedding = self.param("embedding", _init(("vocab", "embed")),
                                (cfg.vocab_size, cfg.hidden_size), cfg.jnp_param_dtype)
         x_BTE = jnp.take(embedding, tokens_BT, axis=0).astype(cfg.jnp_dtype)
         for i in range(cfg.num_layers):
-            x_BTE, cache = Block(cfg, self.attention_impl, name=f"layers_{i}")(
+            x_BTE, cache = Block(cfg, self.attention_impl, self.prefill_attention,
+                                 name=f"layers_{i}")(
                 x_BTE, positions_BT, mask_BTS, cache, i, not prefill)
         x_BTE = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="final_norm")(x_BTE)
         if logits_at_BK is not None:

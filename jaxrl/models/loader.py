@@ -10,6 +10,7 @@ import jax
 
 from jaxrl.config_utils import at_least, one_of
 from jaxrl.models import hf
+from jaxrl.models.attention import PREFILL_IMPLS
 from jaxrl.models.config import PRESETS, preset
 from jaxrl.models.decoder import Decoder, init_params
 from jaxrl.models.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
@@ -21,18 +22,21 @@ DTYPES = ("bfloat16", "float32")
 class ModelSource:
     """`config.model`: `path` (an HF checkpoint directory) or, when '', a random init of
     `preset` over the character tokenizer; params in `param_dtype`, activations in `dtype`.
-    `vocab_size` 0 = the tokenizer's (a preset's real vocab gives its real costs: bench/)."""
+    `vocab_size` 0 = the tokenizer's (a preset's real vocab gives its real costs: bench/).
+    `prefill_attention` is the Decoder's (models/attention.py)."""
 
     preset: str
     path: str
     dtype: str
     param_dtype: str
     vocab_size: int
+    prefill_attention: str
 
     def __post_init__(self):
         one_of("config.model.dtype", self.dtype, DTYPES)
         one_of("config.model.param_dtype", self.param_dtype, DTYPES)
         at_least("config.model.vocab_size", self.vocab_size, 0)
+        one_of("config.model.prefill_attention", self.prefill_attention, PREFILL_IMPLS)
         if self.path:
             if not os.path.isfile(os.path.join(self.path, hf.CONFIG_FILE)):
                 raise ValueError(f"config.model.path={self.path!r} has no {hf.CONFIG_FILE}")
@@ -59,4 +63,5 @@ def load(source: ModelSource, seed: int, *,
         cfg = preset(source.preset, vocab_size=source.vocab_size or tokenizer.vocab_size,
                      dtype=source.dtype, param_dtype=source.param_dtype)
         params = init_params(cfg, jax.random.key(seed))
-    return Decoder(cfg, attention_impl=attention_impl), params, tokenizer
+    return (Decoder(cfg, attention_impl=attention_impl,
+                    prefill_attention=source.prefill_attention), params, tokenizer)

@@ -23,8 +23,9 @@ from jaxrl.config_utils import at_least, one_of, positive
 from jaxrl.models.decoder import Decoder
 from jaxrl.rl import advantages as adv_lib
 from jaxrl.rl import losses
+from jaxrl.rl import packing as packing_lib
 from jaxrl.rl import rewards as rewards_lib
-from jaxrl.rl.logprobs import completion_logits, completion_mask, token_logprobs
+from jaxrl.rl.logprobs import completion_mask, completion_stats
 from jaxrl.rl.state import TrainState, apply_gradients
 from jaxrl.rollout import das
 from jaxrl.rollout.decode import Rollout, generate
@@ -61,6 +62,8 @@ class RLConfig:
     overlong_filter: bool
     format_coef: float
     split_phases: bool
+    packing: str
+    pack_rows_frac: float
 
     def __post_init__(self):
         p = "config.rl"
@@ -92,6 +95,9 @@ class RLConfig:
             raise ValueError(f"{p}.dual_clip must be 0 (off) or > 1, got {self.dual_clip}")
         at_least(f"{p}.kl_coef", self.kl_coef, 0)
         at_least(f"{p}.format_coef", self.format_coef, 0)
+        one_of(f"{p}.packing", self.packing, packing_lib.PACKINGS)
+        if not 0 < self.pack_rows_frac <= 1:
+            raise ValueError(f"{p}.pack_rows_frac must be in (0, 1], got {self.pack_rows_frac}")
 
     def replace(self, **kw) -> "RLConfig":
         return dataclasses.replace(self, **kw)
@@ -154,8 +160,9 @@ def _policy_term(model, rl, params, prompts_BL, plen_B, rollout, adv_B, mask_BN,
                  ref_BN):
     """The PPO-clip loss (plus the KL term) of some rows and its metrics."""
     tokens_BN, lengths_B = rollout.tokens_BN, rollout.lengths_B
-    logits_BNV = completion_logits(model, params, prompts_BL, plen_B, tokens_BN, lengths_B)
-    logp_BN = token_logprobs(logits_BNV, tokens_BN)
+    logp_BN, entropy_BN, packed = completion_stats(
+        model, params, prompts_BL, plen_B, tokens_BN, lengths_B, packing=rl.packing,
+        pack_rows_frac=rl.pack_rows_frac)
     loss, m = losses.policy_loss(
         logp_BN, old_BN, adv_B, mask_BN, clip_low=rl.clip_low, clip_high=rl.clip_high,
         dual_clip=rl.dual_clip or None, agg=rl.loss_agg)
@@ -165,7 +172,9 @@ def _policy_term(model, rl, params, prompts_BL, plen_B, rollout, adv_B, mask_BN,
         loss = loss + rl.kl_coef * kl
         m["kl_ref"] = kl
     valid_BN = completion_mask(lengths_B, tokens_BN.shape[1])
-    m["entropy"] = losses.entropy_from_logits(logits_BNV, valid_BN)
+    m["entropy"] = losses.masked_mean(entropy_BN, valid_BN)
+    if rl.packing != "none":
+        m["packing/packed_frac"] = packed.astype(jnp.float32)
     m["sampler_trainer_logprob_gap"] = (
         jnp.sum(jnp.abs(logp_BN - rollout.logprobs_BN) * valid_BN)
         / jnp.maximum(valid_BN.sum(), 1.0))
@@ -217,9 +226,9 @@ def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, pr
 
         def chunk(rows_M):
             take = lambda x: x[rows_M]  # noqa: E731
-            return token_logprobs(completion_logits(model, params, take(prompts_BL),
-                                                    take(plen_B), take(out.tokens_BN),
-                                                    take(out.lengths_B)), take(out.tokens_BN))
+            return completion_stats(model, params, take(prompts_BL), take(plen_B),
+                                    take(out.tokens_BN), take(out.lengths_B),
+                                    packing=rl.packing, pack_rows_frac=rl.pack_rows_frac)[0]
         rows_CM = jnp.arange(rows_B).reshape(rl.num_minibatches, -1)
         return jax.lax.map(chunk, rows_CM).reshape(rows_B, -1)
 

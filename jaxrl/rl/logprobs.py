@@ -2,7 +2,8 @@
 
 A row is its right-padded prompt followed by its completion, with the padding between them
 masked out; positions count only real tokens, exactly as in decoding, so in float32 these
-log-probs equal the sampler's raw log-probs.
+log-probs equal the sampler's raw log-probs. `completion_stats` can also pack the rows
+(rl/packing.py) so that the forward's FLOPs go to real tokens.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxrl.models.decoder import Decoder
+from jaxrl.rl import packing as packing_lib
+from jaxrl.rl.losses import token_entropy
 
 
 def completion_logits(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: jax.Array,
@@ -35,3 +38,42 @@ def token_logprobs(logits_BNV: jax.Array, tokens_BN: jax.Array) -> jax.Array:
 
 def completion_mask(completion_lengths_B: jax.Array, n: int) -> jax.Array:
     return (jnp.arange(n)[None] < completion_lengths_B[:, None]).astype(jnp.float32)
+
+
+def completion_stats(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: jax.Array,
+                     completions_BN: jax.Array, completion_lengths_B: jax.Array, *,
+                     packing: str = "none", pack_rows_frac: float = 1.0):
+    """`(logp_BN, entropy_BN, packed)`: each completion token's log-prob and the entropy of
+    the distribution it was drawn from (float32; any value past a row's length), and whether
+    the rows were packed (a bool scalar).
+
+    `packing="segments"` packs the B rows into `ceil(B * pack_rows_frac)` rows of the same
+    length (rl/packing.py); when they do not fit, the unpacked forward runs instead (one
+    `lax.cond`: both are compiled, and under `grad` both keep their residuals in memory).
+    The packed forward computes the same function per token, with its reductions over
+    other slots: equal to the unpacked one up to float rounding, not bit for bit.
+    """
+    def unpacked():
+        logits_BNV = completion_logits(model, params, prompts_BL, prompt_lengths_B,
+                                       completions_BN, completion_lengths_B)
+        return token_logprobs(logits_BNV, completions_BN), token_entropy(logits_BNV)
+
+    if packing == "none":
+        return (*unpacked(), jnp.asarray(False))
+    if packing not in packing_lib.PACKINGS:
+        raise ValueError(f"packing={packing!r}; valid: {packing_lib.PACKINGS}")
+    (b, l), n = prompts_BL.shape, completions_BN.shape[1]
+    layout = packing_lib.pack_layout(prompt_lengths_B + completion_lengths_B,
+                                     rows=packing_lib.packed_rows(b, pack_rows_frac),
+                                     row_len=l + n)
+
+    def packed():
+        tokens_RT, segments_RT, positions_RT = packing_lib.pack_tokens(
+            layout, prompts_BL, prompt_lengths_B, completions_BN, completion_lengths_B)
+        logits_RTV = model.apply({"params": params}, tokens_RT, positions_BT=positions_RT,
+                                 segment_ids_BT=segments_RT)
+        next_RT = jnp.roll(tokens_RT, -1, axis=1)  # the token each slot predicts
+        return tuple(packing_lib.unpack(layout, x_RT, prompt_lengths_B, n) for x_RT in
+                     (token_logprobs(logits_RTV, next_RT), token_entropy(logits_RTV)))
+
+    return (*jax.lax.cond(layout.fits, packed, unpacked), layout.fits)

@@ -29,7 +29,7 @@ def _safe_div(num, den):
     return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def _masked_mean(x_BN, mask_BN):
+def masked_mean(x_BN, mask_BN):
     """Mean of x over positions where mask is set (weighted by a float mask); 0 if none."""
     m_BN = _f32(mask_BN)
     return _safe_div(jnp.sum(jnp.where(m_BN != 0, x_BN * m_BN, 0.0)), jnp.sum(m_BN))
@@ -122,10 +122,10 @@ def policy_loss(logp_BN: jax.Array, old_logp_BN: jax.Array, adv_B: jax.Array,
 
     loss = aggregate(pg_BN, mask_BN, agg)
     metrics = {
-        "clip_frac": _masked_mean(is_clipped_BN.astype(jnp.float32), valid_BN),
-        "dual_clip_frac": _masked_mean(is_dual_clipped_BN.astype(jnp.float32), valid_BN),
-        "approx_kl": _masked_mean(ratio_BN - 1.0 - log_ratio_BN, valid_BN),
-        "ratio_mean": _masked_mean(ratio_BN, valid_BN),
+        "clip_frac": masked_mean(is_clipped_BN.astype(jnp.float32), valid_BN),
+        "dual_clip_frac": masked_mean(is_dual_clipped_BN.astype(jnp.float32), valid_BN),
+        "approx_kl": masked_mean(ratio_BN - 1.0 - log_ratio_BN, valid_BN),
+        "ratio_mean": masked_mean(ratio_BN, valid_BN),
     }
     return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
 
@@ -155,11 +155,15 @@ def entropy_from_logits(logits_BNV: jax.Array, mask_BN: jax.Array) -> jax.Array:
     Computed in float32 through log_softmax; logits of -inf (tokens filtered out) count as
     probability 0 and keep both the value and its gradient finite.
     """
+    return masked_mean(token_entropy(logits_BNV), mask_BN)
+
+
+def token_entropy(logits_BNV: jax.Array) -> jax.Array:
+    """The entropy (nats) `[B, N]` of each position's token distribution (float32)."""
     logp_BNV = jax.nn.log_softmax(_f32(logits_BNV), axis=-1)
     # 0 * -inf is NaN; a filtered token contributes 0 to the entropy instead.
     finite_logp_BNV = jnp.where(jnp.isfinite(logp_BNV), logp_BNV, 0.0)
-    entropy_BN = -jnp.sum(jnp.exp(logp_BNV) * finite_logp_BNV, axis=-1)
-    return _masked_mean(entropy_BN, mask_BN)
+    return -jnp.sum(jnp.exp(logp_BNV) * finite_logp_BNV, axis=-1)
 
 
 def overlong_mask(finished_B: jax.Array, mask_BN: jax.Array) -> jax.Array:
