@@ -28,11 +28,11 @@ VARIANTS = {"plain": (("rollout.speculative", False),),
 SETTINGS = {
     # One H200: the 0.8M `small` policy, float32 (the identity is exact there).
     "default": dict(task="sort", difficulty=1, model="small", sft_steps=400, rl_steps=30,
-                    pool=64, generations=8, eval_every=10, eval_problems=64, seeds=3,
+                    pool=64, generations=8, eval_problems=64, seeds=3,
                     overrides=()),
     # CI on a CPU: the pipeline and the files, not the numbers.
     "small": dict(task="sort", difficulty=0, model="tiny", sft_steps=4, rl_steps=3, pool=8,
-                  generations=4, eval_every=3, eval_problems=8, seeds=1,
+                  generations=4, eval_problems=8, seeds=1,
                   # Fewer widths, no timed cost model: DAS's program compiles in half the time.
                   overrides=(("rollout.widths", (0, 4)), ("rollout.fit_cost_model", False))),
 }
@@ -48,7 +48,7 @@ def plan(s: dict, seeds: list[int], out: pathlib.Path) -> list[runs.Run]:
     config = (f"grpo.py:task={s['task']},difficulty={s['difficulty']},model={s['model']},"
               f"sft_steps={s['sft_steps']},rl_steps={s['rl_steps']}")
     common = (("task.train_pool", s["pool"]), ("rl.num_prompts", s["pool"]),
-              ("rl.num_generations", s["generations"]), ("eval.every", s["eval_every"]),
+              ("rl.num_generations", s["generations"]), ("eval.every", runs.eval_every(s)),
               ("eval.num_problems", s["eval_problems"]), ("checkpoint.every", 10_000))
     # One flag per field, the variant's last (a tuple flag given twice would be joined).
     return [runs.Run(name(v, seed), config, tuple(

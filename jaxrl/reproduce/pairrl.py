@@ -57,7 +57,7 @@ def plan(s: dict, seeds: list[int], out: pathlib.Path, verifiers=tuple(VERIFIERS
                 f"pairrl.py:{task},sft_steps={s['sft_steps']},rl_steps={s['rl_steps']},"
                 f"verifier={v}"), (("seed", seed), ("rl.num_prompts", s["prompts"]),
                                    ("eval.num_problems", s["eval_problems"]),
-                                   ("eval.every", max(s["rl_steps"] // 4, 1)),
+                                   ("eval.every", runs.eval_every(s)),
                                    ("checkpoint.every", 50)))
             plan.append(train)
             plan.append(runs.Run(eval_name(v, seed), (
