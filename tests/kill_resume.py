@@ -2,7 +2,7 @@
 each time, and compare with an uninterrupted run (ARCHITECTURE.md, invariant 3).
 
     python tests/kill_resume.py --kills 20 --out /tmp/kills   # the 20-kill run
-    tests/test_kill_resume.py runs 3 kills in CI
+    tests/test_kill_resume.py runs 2 kills in CI (one during a save)
 
 A kill lands either at a random moment after a chosen step's metrics were written (the
 step's checkpoint may or may not be committed yet), or while a checkpoint is being written

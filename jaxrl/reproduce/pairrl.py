@@ -31,11 +31,14 @@ SETTINGS = {
     # One H200: the 0.8M `small` policy; runs share the GPU (`parallel`).
     "default": dict(task="arithmetic", difficulty=0, model="small", sft_steps=1000, rl_steps=60,
                     prompts=64, eval_problems=64, v1_problems=64, candidates=16,
-                    budgets=(1, 2, 3), judge_rows=512, seeds=3, parallel=5, v1_small=False),
+                    budgets=(1, 2, 3), judge_rows=512, seeds=3, parallel=5, v1_small=False,
+                    overrides=()),
     # CI on a CPU: the pipeline and the files, not the numbers.
     "small": dict(task="sort", difficulty=0, model="tiny", sft_steps=4, rl_steps=2, prompts=4,
                   eval_problems=4, v1_problems=4, candidates=4, budgets=(1, 2), judge_rows=32,
-                  seeds=1, parallel=1, v1_small=True),
+                  seeds=1, parallel=1, v1_small=True,
+                  # Short rollouts: short judge prompts and a cheap update.
+                  overrides=(("rl.max_new_tokens", 24),)),
 }
 
 
@@ -58,7 +61,7 @@ def plan(s: dict, seeds: list[int], out: pathlib.Path, verifiers=tuple(VERIFIERS
                 f"verifier={v}"), (("seed", seed), ("rl.num_prompts", s["prompts"]),
                                    ("eval.num_problems", s["eval_problems"]),
                                    ("eval.every", runs.eval_every(s)),
-                                   ("checkpoint.every", 50)))
+                                   ("checkpoint.every", 50)) + s["overrides"])
             plan.append(train)
             plan.append(runs.Run(eval_name(v, seed), (
                 f"v1_infer.py:{task},small={s['v1_small']}"), (
