@@ -92,8 +92,10 @@ def table(out: pathlib.Path, s: dict, seeds: list[int], argv: list[str], device:
         speed_c = [c / t for c, t in zip(per_seed["compacted plain"], per_seed[v])]
         passes = [np.mean([r.get("spec/passes", r["response_length/max"] - 1) for r in rl[x]])
                   for x in seeds]
-        acceptance = [np.mean([r["spec/acceptance"] for r in rl[x]]) if "spec/acceptance"
-                      in rl[x][0] else None for x in seeds]
+        # Accepted / drafted over the run; none where nothing was drafted (plain decoding).
+        drafted = [sum(r.get("spec/drafted", 0) for r in rl[x]) for x in seeds]
+        acceptance = [sum(r["spec/accepted"] for r in rl[x]) / d if d else None
+                      for x, d in zip(seeds, drafted)]
         final = [data[v, seed][1][-1]["eval/accuracy"] for seed in seeds]
         same = "; ".join(sorted({_same(rl[x], data["plain", x][0]) for x in seeds}))
         rows.append([v, report.spread(per_seed[v]), report.spread(speed),
