@@ -1,19 +1,12 @@
 """Test-wide setup: 8 fake CPU devices for the mesh tests, exact float32 matmuls, and a
-home directory of the test run's own, so that the jobs' persistent compilation cache
+home directory of the session's own, so that the jobs' persistent compilation cache
 (`~/.cache/jaxrl/xla`, configs/scale.py) is the session's: tests neither read programs a
 user's runs (or another checkout's venv) left there nor leave theirs behind. Subprocesses
 inherit it."""
 import os
 import tempfile
 
-# One home for all of a run's xdist workers (their shared run id), so that the jobs the
-# tests start in subprocesses reuse each other's compiled programs.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-if _RUN:
-    os.environ["HOME"] = os.path.join(tempfile.gettempdir(), f"jaxrl-tests-home-{_RUN}")
-    os.makedirs(os.environ["HOME"], exist_ok=True)
-else:
-    os.environ["HOME"] = tempfile.mkdtemp(prefix="jaxrl-tests-home-")
+os.environ["HOME"] = tempfile.mkdtemp(prefix="jaxrl-tests-home-")
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
