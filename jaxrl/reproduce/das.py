@@ -37,7 +37,6 @@ SETTINGS = {
                   overrides=(("rollout.widths", (0, 4)), ("rollout.fit_cost_model", False),
                              ("rl.max_new_tokens", 24))),
 }
-PARALLEL = 1  # timings: one run at a time
 
 
 def name(variant: str, seed: int) -> str:
@@ -75,7 +74,7 @@ def _same(a: list[dict], b: list[dict]) -> str:
 
 def table(out: pathlib.Path, s: dict, seeds: list[int], argv: list[str], device: str,
           log=print) -> None:
-    data = {(v, seed): runs.metrics(runs.Run(name(v, seed), "").workdir(out))
+    data = {(v, seed): runs.metrics(runs.workdir(out, name(v, seed)))
             for v in VARIANTS for seed in seeds}
     per_seed = {v: [np.mean(_rollout_s(data[v, seed][0]) or [np.nan]) for seed in seeds]
                 for v in VARIANTS}

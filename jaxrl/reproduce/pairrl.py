@@ -80,9 +80,9 @@ def pass_at(result: dict, method: str, multiplier) -> float:
 def table(out: pathlib.Path, s: dict, seeds: list[int], argv: list[str], device: str,
           log=print) -> None:
     top = max(s["budgets"])
-    train = {(v, x): runs.metrics(runs.Run(train_name(v, x), "").workdir(out))
+    train = {(v, x): runs.metrics(runs.workdir(out, train_name(v, x)))
              for v in VERIFIERS for x in seeds}
-    evals = {(v, x): runs.v1_infer(runs.Run(eval_name(v, x), "").workdir(out))
+    evals = {(v, x): runs.v1_infer(runs.workdir(out, eval_name(v, x)))
              for v in VERIFIERS for x in seeds}
     lines = report.header("V1-PairRL: standard RL vs PointRL vs PairRL", argv, device) + [
         f"Task {s['task']} difficulty {s['difficulty']}, `{s['model']}` policy, "

@@ -46,12 +46,17 @@ class Run:
     after: tuple[str, ...] = ()
 
     def workdir(self, out: pathlib.Path) -> pathlib.Path:
-        return out / "runs" / self.name
+        return workdir(out, self.name)
 
     def command(self, out: pathlib.Path) -> list[str]:
         flags = [f"--config.{k}={_flag(v)}" for k, v in self.overrides]
         return [sys.executable, "-m", "jaxrl.main", f"--config={configs_dir() / self.config}",
                 *flags, f"--workdir={self.workdir(out)}"]
+
+
+def workdir(out: pathlib.Path, name: str) -> pathlib.Path:
+    """Where run `name` of a table in `out` keeps its outputs."""
+    return out / "runs" / name
 
 
 def eval_every(setting: dict) -> int:
@@ -67,10 +72,14 @@ def _flag(value) -> str:
     return str(value)
 
 
+def _recorded(run: Run, out: pathlib.Path) -> list[str]:
+    """The command as `reproduce_done.json` records it (without the interpreter's path)."""
+    return [str(x) for x in run.command(out)[1:]]
+
+
 def _finished(run: Run, out: pathlib.Path) -> bool:
     done = run.workdir(out) / DONE
-    return done.is_file() and json.loads(done.read_text()).get("command") == [
-        str(x) for x in run.command(out)[1:]]
+    return done.is_file() and json.loads(done.read_text()).get("command") == _recorded(run, out)
 
 
 def execute(runs: list[Run], out: pathlib.Path, parallel: int, log=print) -> None:
@@ -121,7 +130,7 @@ def execute(runs: list[Run], out: pathlib.Path, parallel: int, log=print) -> Non
                     raise SystemExit(f"run {name} failed (exit {proc.returncode}); the end of "
                                      f"{r.workdir(out) / LOG}:\n" + "\n".join(tail))
                 (r.workdir(out) / DONE).write_text(json.dumps(
-                    {"command": [str(x) for x in r.command(out)[1:]],
+                    {"command": _recorded(r, out),
                      "seconds": time.perf_counter() - t0}))
                 finished.add(name)
                 log(f"  {name}: finished in {time.perf_counter() - t0:.0f} s")

@@ -25,7 +25,7 @@ def plan(s: dict, seeds: list[int], out: pathlib.Path) -> list[runs.Run]:
 
 def table(out: pathlib.Path, s: dict, seeds: list[int], argv: list[str], device: str,
           log=print) -> None:
-    evals = [runs.v1_infer(runs.Run(pairrl.eval_name(VERIFIER, x), "").workdir(out))
+    evals = [runs.v1_infer(runs.workdir(out, pairrl.eval_name(VERIFIER, x)))
              for x in seeds]
     n = s["candidates"]
 
