@@ -9,8 +9,9 @@ the base Pass@1 is the accuracy of all its sampled candidates, V1-Infer's the Sw
 tournament's pick. The v1_infer table is the PairRL runs' evaluations (jaxrl/reproduce/
 v1_infer.py): the same runs, shared when both tables write to one OUT.
 
-Sort answers are checkable step by step, a random judge picks a correct candidate at the
-base rate (a coin per pair), and its judge prompts fit the small policy's positions.
+Countdown and sort answers are checkable step by step, a random judge picks a correct
+candidate at the base rate (a coin per pair), and their judge prompts fit the small
+policy's positions.
 """
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ SWISS = "swiss (V1-Infer)"
 POINTWISE = "pointwise, V calls"
 
 SETTINGS = {
-    # One H200: the 0.8M `small` policy; runs share the GPU (`parallel`).
-    "default": dict(task="arithmetic", difficulty=0, model="small", sft_steps=1000, rl_steps=60,
+    # One H200: the 0.8M `small` policy on easy Countdown, which it solves about half the
+    # time after this SFT (the CPU main job: 0.48 sampled after 200 SFT steps), so groups
+    # hold both correct and incorrect solutions; all 9 runs share the GPU (`parallel`).
+    "default": dict(task="countdown", difficulty=0, model="small", sft_steps=400, rl_steps=200,
                     prompts=64, eval_problems=64, v1_problems=64, candidates=16,
-                    budgets=(1, 2, 3), judge_rows=512, seeds=3, parallel=5, v1_small=False,
+                    budgets=(1, 2, 3), judge_rows=512, seeds=3, parallel=9, v1_small=False,
                     overrides=()),
     # CI on a CPU: the pipeline and the files, not the numbers.
     "small": dict(task="sort", difficulty=0, model="tiny", sft_steps=4, rl_steps=2, prompts=4,
