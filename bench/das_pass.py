@@ -32,7 +32,7 @@ from bench import common
 from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder, init_params
 from jaxrl.models.kv_cache import init_cache
-from jaxrl.rollout import drafter
+from jaxrl.rollout import drafter, policy
 from jaxrl.rollout.sampling import SamplingParams, position_keys, sample
 from kernels.speculative_sampling import speculative_sample
 
@@ -54,13 +54,6 @@ def parse_args(argv):
     p.add_argument("--iters", type=int, default=64)
     p.add_argument("--out-dir", default="das_pass_bench")
     return p.parse_args(argv)
-
-
-def loop_time(body, init, iters):
-    """Seconds per iteration of `body(i, carry)` in a jitted fori_loop: the best of 3 runs
-    after the compile."""
-    run = jax.jit(lambda c: jax.lax.fori_loop(0, iters, body, c))
-    return min(common.time_calls(run, 3, inputs=[(init,)])) / iters
 
 
 def main(argv=None):
@@ -152,7 +145,7 @@ def main(argv=None):
                   "switch": (switch_body, jnp.arange(rows, dtype=jnp.int32)),
                   "no_switch": (lambda i, a: a * 3 + i, jnp.arange(rows, dtype=jnp.int32))}
         for name, (body, init) in pieces.items():
-            row["ms"][name] = 1e3 * loop_time(body, init, args.iters)
+            row["ms"][name] = 1e3 * policy.loop_seconds(body, init, iters=args.iters)
             print(f"rows {rows}: {name} {row['ms'][name]:.3f} ms", flush=True)
         results.append(row)
     report = {**common.run_info("das_pass", argv), "args": vars(args), "results": results}

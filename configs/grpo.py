@@ -147,11 +147,13 @@ def get_config(arg=None):
     c.rollout.medium_frac = 0.4  # the next 40% medium
     c.rollout.compaction = True  # move live rows into smaller buckets as rows finish
     c.rollout.min_bucket = 8
-    c.rollout.fit_cost_model = True  # time verification passes at start (DIR/cost_model.json)
-    c.rollout.cost_base = 1.0  # else: pass cost = cost_base + cost_per_token * tokens
+    # Time verification passes and drafting at start (DIR/cost_model.json); the three
+    # numbers below are used only when this is False.
+    c.rollout.fit_cost_model = True
+    c.rollout.cost_base = 1.0  # pass cost = cost_base + cost_per_token * tokens
     c.rollout.cost_per_token = 0.002
-    # A drafting pass (corpus build + draft) costs draft_cost * cost_base more; a pass skips
-    # drafting where no width is then expected to beat plain decoding (0 = drafting is free).
+    # A drafting pass (corpus build + draft) costs draft_cost more (cost_base's units); a pass
+    # skips drafting where no width is then expected to beat plain decoding.
     c.rollout.draft_cost = 0.0
     c.rollout.verify_impl = "auto"  # auto | pallas | reference (kernels/speculative_sampling)
     c.rollout.attention_impl = "reference"  # auto | pallas | reference (kernels/ragged_attention)

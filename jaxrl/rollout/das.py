@@ -121,6 +121,8 @@ def metrics(stats: speculative.SpecStats, lengths_B: jax.Array) -> dict:
          "spec/skipped_drafts": stats.skipped,
          "spec/accepted": stats.accepted,
          "spec/acceptance": ratio(stats.accepted, stats.drafted),
+         # Accepted over the drafter's forecast (1 = its probabilities were right).
+         "spec/calibration": stats.accepted / jnp.maximum(stats.forecast, 1e-6),
          # Tokens a row gains per verification: 1 (the bonus token) + accepted drafts.
          "spec/tokens_per_row_pass": 1.0 + ratio(stats.accepted, stats.row_passes),
          "spec/bucket_rows_mean": ratio(stats.bucket_N.sum(), stats.passes),

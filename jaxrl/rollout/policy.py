@@ -4,7 +4,9 @@ Rollout time is set by the longest generations, so drafts are spent where the ta
 prompts whose past rollouts were long get the biggest budget, and every budget grows as
 rows finish, since a decode step over few rows is memory-bound and verifying more tokens
 per row costs almost nothing there. Each pass then picks one verification width among a
-few compiled ones by expected tokens per second under `t = c_base + c_tok * tokens`.
+few compiled ones by expected tokens per second under `t = c_base + c_tok * tokens`, plus
+`draft_cost` for a pass that drafts. All three are timed on the device at the start of a run
+(`fitted_cost_model`), inside a jitted loop as the rollout's `while_loop` runs its passes.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from absl import logging
 from jaxrl import sharding
 from jaxrl.models.decoder import Decoder, init_params, param_axes
 from jaxrl.models.kv_cache import init_cache
+from jaxrl.rollout import drafter
 
 SHORT, MEDIUM, LONG = 0, 1, 2
 CLASS_NAMES = ("short", "medium", "long")
@@ -73,8 +76,8 @@ def largest_budget(class_budgets: tuple[int, int, int], max_draft: int, length_a
 def pass_seconds(k: int, rows: int, cost_base: float, cost_per_token: float,
                  draft_cost: float) -> float:
     """The cost model's seconds for a pass over `rows` rows verifying `k` drafted tokens each;
-    a pass with k > 0 also drafts, which costs `draft_cost` times `cost_base`."""
-    return cost_base * (1.0 + (draft_cost if k else 0.0)) + cost_per_token * rows * (k + 1)
+    a pass with k > 0 also drafts, which costs `draft_cost` (in `cost_base`'s units)."""
+    return cost_base + (draft_cost if k else 0.0) + cost_per_token * rows * (k + 1)
 
 
 def drafting_can_pay(widths: tuple[int, ...], rows: int, budget: int, cost_base: float,
@@ -113,12 +116,23 @@ def drafting_pays(budget_B: jax.Array, live_B: jax.Array, acceptance: jax.Array,
     return best > plain
 
 
+def calibration(accepted: jax.Array, predicted: jax.Array, prior: int) -> jax.Array:
+    """This rollout's accepted draft tokens over the drafter's own forecast of them (the sum
+    of the verified tokens' running probabilities), after `prior` tokens forecast and
+    accepted, at most 1. The running probabilities are continuation frequencies in a small
+    corpus, so they run high (a continuation seen once has probability 1); measured on an
+    H200, sort: forecasts near 1, acceptance 0.10 (REPRODUCE.md)."""
+    return jnp.minimum((accepted + prior) / (predicted + prior), 1.0)
+
+
 def choose_width(probs_BD: jax.Array, live_B: jax.Array, widths: tuple[int, ...], rows: int,
-                 cost_base: float, cost_per_token: float) -> jax.Array:
+                 cost_base: float, cost_per_token: float,
+                 calibration: jax.Array | float = 1.0) -> jax.Array:
     """Index into `widths` (drafted tokens verified per row) that maximises expected tokens
-    per second. A draft token's running probability estimates the chance that it and all
-    before it are accepted, so a row expects 1 + sum of its first k probabilities."""
-    cum_BD = jnp.cumsum(probs_BD, axis=1)
+    per second. A draft token's running probability, times `calibration`, estimates the
+    chance that it and all before it are accepted, so a row expects 1 + calibration * the
+    sum of its first k probabilities."""
+    cum_BD = calibration * jnp.cumsum(probs_BD, axis=1)
     expected_W = jnp.stack([
         jnp.sum(live_B * (1.0 + (cum_BD[:, k - 1] if k else 0.0))) for k in widths])
     seconds_W = jnp.asarray([cost_base + cost_per_token * rows * (k + 1) for k in widths])
@@ -126,13 +140,13 @@ def choose_width(probs_BD: jax.Array, live_B: jax.Array, widths: tuple[int, ...]
 
 
 def free_width(widths: tuple[int, ...], rows: int, cost_base: float, cost_per_token: float,
-               slack: float = 0.1) -> int | None:
-    """Index of the widest width when verifying it over `rows` rows costs within `slack` of
-    verifying none, so that it is the best choice whatever the drafts (their expected
-    tokens only grow with the width); None when the choice depends on the drafts. Known
-    when the bucket is compiled, so such a bucket's passes skip `choose_width` and the
+               draft_cost: float, slack: float = 0.1) -> int | None:
+    """Index of the widest width when drafting and verifying it over `rows` rows costs within
+    `slack` of a plain pass, so that it is the best choice whatever the drafts (their
+    expected tokens only grow with the width); None when the choice depends on the drafts.
+    Known when the bucket is compiled, so such a bucket's passes skip `choose_width` and the
     data-dependent branch it feeds, which costs a device-to-host sync per pass on a GPU."""
-    cost = lambda k: cost_base + cost_per_token * rows * (k + 1)  # noqa: E731
+    cost = lambda k: pass_seconds(k, rows, cost_base, cost_per_token, draft_cost)  # noqa: E731
     widest = max(widths)
     return widths.index(widest) if cost(widest) <= (1 + slack) * cost(0) else None
 
@@ -144,54 +158,107 @@ def fit_cost_model(tokens: np.ndarray, seconds: np.ndarray) -> tuple[float, floa
     return max(float(c_base), 0.0), max(float(c_tok), 1e-12)
 
 
-def measure_cost_model(forward, rows_list: tuple[int, ...], widths: tuple[int, ...],
-                       repeats: int = 5) -> tuple[float, float]:
-    """Times `forward(rows, width)` (a callable that runs one verification pass over `rows`
-    rows and `width + 1` tokens each and blocks until done) and fits the cost model."""
+def loop_seconds(body, init, *args, iters: int = 16) -> float:
+    """Seconds per iteration of `body(i, carry, *args)` in a jitted fori_loop, the best of 3
+    runs after the compile: what a pass costs inside the rollout's while_loop, where each
+    pass's kernels queue behind the last, not one dispatched call's latency (about 4x more
+    for the `small` policy on an H200). `args` are inputs, not constants baked into the
+    program (weights)."""
+    run = jax.jit(lambda c, *a: jax.lax.fori_loop(0, iters, lambda i, x: body(i, x, *a), c))
+    jax.block_until_ready(run(init, *args))
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(init, *args))
+        best = min(best, time.perf_counter() - t0)
+    return best / iters
+
+
+def measure_cost_model(forward, rows_list: tuple[int, ...],
+                       widths: tuple[int, ...]) -> tuple[float, float]:
+    """Fits the cost model to `forward(rows, width)`, the seconds of one verification pass
+    over `rows` rows and `width + 1` tokens each."""
     tokens, seconds = [], []
     for rows in rows_list:
         for k in widths:
-            forward(rows, k)  # compile and warm up
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                forward(rows, k)
-            seconds.append((time.perf_counter() - t0) / repeats)
+            seconds.append(forward(rows, k))
             tokens.append(rows * (k + 1))
     return fit_cost_model(np.asarray(tokens), np.asarray(seconds))
 
 
 def verification_timer(model: Decoder, layout: sharding.Layout, context: int = 256):
-    """`forward(rows, k)`: one cached forward of `k + 1` tokens on `rows` rows over a cache of
-    `context` filled slots, blocking; random weights (only the time matters)."""
+    """`forward(rows, k)`: seconds of one cached forward of `k + 1` tokens on `rows` rows over
+    a cache of `context` filled slots, in a loop; random weights (only the time matters)."""
     params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
                                    param_axes(model.cfg), layout)
 
-    @functools.partial(jax.jit, static_argnums=(1, 2))
-    def step(params, rows, k):
-        cache = init_cache(model.cfg, rows, context + k + 1)
-        cache = cache.replace(lengths_B=jnp.full((rows,), context, jnp.int32))
-        return model.apply({"params": params}, jnp.zeros((rows, k + 1), jnp.int32), cache=cache)[0]
+    def body(i, carry, params):
+        cache, tokens_BT = carry
+        logits_BTV, new = model.apply({"params": params}, tokens_BT, cache=cache)
+        # The next input is this output, so no pass can be hoisted out of the loop.
+        return (new.replace(lengths_B=cache.lengths_B),
+                jnp.argmax(logits_BTV, -1).astype(jnp.int32))
 
-    return lambda rows, k: jax.block_until_ready(step(params, rows, k))
+    def forward(rows, k):
+        cache = init_cache(model.cfg, rows, context + k + 1).replace(
+            lengths_B=jnp.full((rows,), context, jnp.int32))
+        return loop_seconds(body, (cache, jnp.zeros((rows, k + 1), jnp.int32)), params)
+
+    return forward
+
+
+def drafting_seconds(spec, rows: int, group: int, prompt_len: int, max_new_tokens: int,
+                     vocab: int = 12) -> float:
+    """Seconds of one pass's drafting (contexts, corpus, `drafter.draft`) over `rows` rows
+    with `spec`'s drafter settings and a full history window, in a loop. The scan reads the
+    whole padded corpus, so random tokens (from a small vocabulary, so that patterns recur)
+    cost what real ones do."""
+    p, n, m = max(rows // group, 1), max_new_tokens, spec.max_match
+    rng = np.random.default_rng(0)
+    tokens = lambda *shape: jnp.asarray(rng.integers(3, vocab, shape), jnp.int32)  # noqa: E731
+    prompts_PL, plen_P = tokens(p, prompt_len), jnp.full((p,), prompt_len, jnp.int32)
+    history_PRN = tokens(p, spec.window * group, n)
+    group_B = jnp.arange(rows, dtype=jnp.int32) // group % p
+    budget_B = jnp.full((rows,), spec.max_draft, jnp.int32)
+
+    def body(i, acc, outputs_BN, history_PRN):
+        t_B = jnp.full((rows,), n // 2, jnp.int32) + i % 8  # varied: nothing hoisted
+        ctx_BM = drafter.contexts(prompts_PL[group_B], plen_P[group_B], outputs_BN, t_B, m)
+        live_PGN = drafter.mask_outputs(outputs_BN, t_B).reshape(-1, group, n)[:p]
+        corpus_PX = drafter.build_corpus(prompts_PL, plen_P, live_PGN, history_PRN, m)
+        d = drafter.draft(ctx_BM, corpus_PX, group_B, budget_B, max_draft=spec.max_draft,
+                          spec_factor=spec.spec_factor, min_token_prob=spec.min_token_prob,
+                          max_candidates=spec.max_candidates)
+        return acc + d.num_B.sum() + d.tokens_BD.sum()
+
+    return loop_seconds(body, jnp.int32(0), tokens(rows, n), history_PRN)
 
 
 def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
-                      widths: tuple[int, ...], path: str | None,
-                      shared_dir: str = "") -> tuple[float, float]:
-    """`(c_base_s, c_tok_s)` timed on this device by process 0 for all processes (every
-    process must compile the same width choices) and kept at `path`, so that a resumed run
-    chooses the widths the interrupted one did (the tokens would not change, but the
-    speculation metrics would).
+                      widths: tuple[int, ...], path: str | None, shared_dir: str = "",
+                      drafting: tuple = ()) -> tuple[float, float, float | None]:
+    """`(c_base_s, c_tok_s, draft_s)` timed on this device by process 0 for all processes
+    (every process must compile the same width choices) and kept at `path`, so that a
+    resumed run chooses the widths the interrupted one did (the tokens would not change, but
+    the speculation metrics would). `draft_s`, one pass's drafting at the full batch, is
+    timed when `drafting` gives `drafting_seconds`' (spec, group, prompt_len,
+    max_new_tokens), else None.
 
     A single-process run also keeps the fit in `shared_dir` (the compilation cache's
     directory; '' = not kept), keyed by the device, the model's shape and attention, the
-    batch and the widths (delete the file to measure again), and a new run of the same key
-    reads it there: the fitted numbers are constants of the rollout program, so a run that measured them anew would miss the persistent
-    compilation cache for its biggest program."""
+    batch, the widths and the drafting shapes (delete the file to measure again), and a new
+    run of the same key reads it there: the fitted numbers are constants of the rollout
+    program, so a run that measured them anew would miss the persistent compilation cache
+    for its biggest program."""
+    draft_key = ()
+    if drafting:
+        spec, *shape = drafting
+        draft_key = (*shape, spec.window, spec.max_match, spec.max_draft, spec.max_candidates,
+                     spec.spec_factor, spec.min_token_prob)
     shared = ""
     if shared_dir and jax.process_count() == 1:
         key = repr((jax.devices()[0].device_kind, model.cfg, model.attention_impl, batch,
-                    tuple(widths)))
+                    tuple(widths), draft_key))
         shared = os.path.join(os.path.expanduser(shared_dir), "jaxrl_cost_models",
                               hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
     for where in (path, shared):
@@ -200,19 +267,22 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
                 fit = json.load(f)
             logging.info("verification cost model from %s", where)
             _write_fit(path, fit)
-            return fit["c_base_s"], fit["c_tok_s"]
+            return fit["c_base_s"], fit["c_tok_s"], fit.get("draft_s")
     c_base, c_tok = measure_cost_model(verification_timer(model, layout),
                                        (batch, max(batch // 8, 1)), widths)
+    draft = drafting_seconds(drafting[0], batch, *drafting[1:]) if drafting else -1.0
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        c_base, c_tok = (float(c) for c in multihost_utils.broadcast_one_to_all(
-            np.asarray([c_base, c_tok])))
-    fit = {"device": jax.devices()[0].device_kind, "c_base_s": c_base, "c_tok_s": c_tok}
+        c_base, c_tok, draft = (float(c) for c in multihost_utils.broadcast_one_to_all(
+            np.asarray([c_base, c_tok, draft])))
+    draft = draft if drafting else None
+    fit = {"device": jax.devices()[0].device_kind, "c_base_s": c_base, "c_tok_s": c_tok,
+           "draft_s": draft}
     for where in (path, shared):
         _write_fit(where, fit)
-    logging.info("verification cost model on %s: %.3g s + %.3g s/token",
-                 jax.devices()[0].device_kind, c_base, c_tok)
-    return c_base, c_tok
+    logging.info("verification cost model on %s: %.3g s + %.3g s/token, drafting %s s",
+                 jax.devices()[0].device_kind, c_base, c_tok, draft)
+    return c_base, c_tok, draft
 
 
 def _write_fit(path: str | None, fit: dict) -> None:

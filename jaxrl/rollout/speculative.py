@@ -9,13 +9,15 @@ logits (ARCHITECTURE.md, invariant 1). Rejected positions are rolled back by set
 row's cache length; their stale keys are never read and get overwritten.
 
 The number of drafted tokens verified per row (the width) is one of a few compiled ones,
-chosen each pass by the cost model (`policy.choose_width`), or fixed to the widest in buckets
-so small that it costs about as much as verifying none (`policy.free_width`).
+chosen each pass by the cost model (`policy.choose_width`, the drafter's probabilities scaled
+by this rollout's accepted / forecast tokens so far: `policy.calibration`), or fixed to the
+widest in buckets so small that drafting and verifying it cost about as much as a plain pass
+(`policy.free_width`).
 `widths=(0,)` drafts nothing: plain decoding with the compaction below, the baseline that
 isolates what speculation adds.
 
 Speculation must never cost more than it gains, so the drafter itself (corpus build + draft)
-is skipped where the same cost model, with drafting priced at `draft_cost * cost_base`, says
+is skipped where the same cost model, with drafting priced at `draft_cost`, says
 no width > 0 pays: per bucket when compiled, if not even perfect drafts of the largest budget
 would pay (`policy.drafting_can_pay`: the bucket's program has no drafter), and per pass in
 buckets that choose their width, if this rollout's acceptance so far, applied to each live
@@ -55,6 +57,7 @@ class SpecStats:
     row_passes: jax.Array  # int32: live rows summed over passes (a plain decode's steps)
     drafted: jax.Array  # int32: draft tokens verified
     accepted: jax.Array  # int32: draft tokens accepted
+    forecast: jax.Array  # float32: the drafter's running probabilities of the verified drafts
     drafted_C: jax.Array  # int32 [3]
     accepted_C: jax.Array  # int32 [3]
     rows_C: jax.Array  # int32 [3] rows of each class
@@ -124,7 +127,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                lengths_B=jnp.ones((b,), jnp.int32), stopped_B=stopped_B)
     zeros3 = jnp.zeros((3,), jnp.int32)
     stats = SpecStats(passes=jnp.int32(0), row_passes=jnp.int32(0), drafted=jnp.int32(0),
-                      accepted=jnp.int32(0), drafted_C=zeros3, accepted_C=zeros3,
+                      accepted=jnp.int32(0), forecast=jnp.float32(0), drafted_C=zeros3, accepted_C=zeros3,
                       rows_C=jnp.bincount(class_B, length=3).astype(jnp.int32),
                       active_N=jnp.full((n,), -1, jnp.int32), bucket_N=jnp.zeros((n,), jnp.int32),
                       width_N=jnp.zeros((n,), jnp.int32), skipped=jnp.int32(0))
@@ -155,7 +158,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         cost = (spec.cost_base, spec.cost_per_token)
         budget_R = jnp.where(live_R, policy.draft_budgets(
             class_B[rows_R], active, b, spec.class_budgets, kmax, spec.length_aware), 0)
-        free = policy.free_width(spec.widths, size, *cost)
+        free = policy.free_width(spec.widths, size, *cost, spec.draft_cost)
 
         def plain():  # width 0, nothing drafted; returns what `speculate` does
             empty = drafter.Draft(jnp.full((size, kmax), drafter.SEP, jnp.int32),
@@ -163,7 +166,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                                   jnp.zeros((size, kmax), jnp.float32),
                                   jnp.zeros((size,), jnp.int32))
             return verify_pass(0, rows_R, cache, last_R, empty, t0_R) + (
-                empty.num_B, jnp.int32(spec.widths.index(0)), jnp.int32(1))
+                empty.num_B, jnp.int32(spec.widths.index(0)), jnp.int32(1), jnp.float32(0))
 
         def speculate():  # draft, choose the width, verify
             ctx_RM = drafter.contexts(prompts_BL[rows_R], prompt_lengths_B[rows_R],
@@ -177,14 +180,18 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                               spec_factor=spec.spec_factor, min_token_prob=spec.min_token_prob,
                               max_candidates=spec.max_candidates)
             if free is None:
-                w = policy.choose_width(d.probs_BD, live_R, spec.widths, size, *cost)
+                calibration = policy.calibration(stats.accepted, stats.forecast, kmax)
+                w = policy.choose_width(d.probs_BD, live_R, spec.widths, size, *cost,
+                                        calibration)
                 branches = [functools.partial(verify_pass, k) for k in spec.widths]
                 verified = jax.lax.switch(w, branches, rows_R, cache, last_R, d, t0_R)
             else:
                 w = free
                 verified = verify_pass(spec.widths[w], rows_R, cache, last_R, d, t0_R)
-            return verified + (jnp.minimum(d.num_B, jnp.asarray(spec.widths)[w]),
-                               jnp.int32(w), jnp.int32(0))
+            k_R = jnp.minimum(d.num_B, jnp.asarray(spec.widths)[w])
+            forecast_R = jnp.where(jnp.arange(kmax) < k_R[:, None], d.probs_BD, 0.0).sum(1)
+            return verified + (k_R, jnp.int32(w), jnp.int32(0),
+                               jnp.sum(jnp.where(live_R, forecast_R, 0.0)))
 
         budget = policy.largest_budget(spec.class_budgets, kmax, spec.length_aware, b)
         if not policy.drafting_can_pay(spec.widths, size, budget, *cost, spec.draft_cost):
@@ -198,7 +205,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
             pays = policy.drafting_pays(budget_R, live_R, acceptance, spec.widths, size, *cost,
                                         spec.draft_cost)
             result = jax.lax.cond(pays, speculate, plain)
-        new_cache, tokens_RT, accepted_R, lp_RT, slp_RT, k_R, w, skip = result
+        new_cache, tokens_RT, accepted_R, lp_RT, slp_RT, k_R, w, skip, forecast = result
 
         # Emit the accepted drafts and the bonus token, cut at a stop token and at n.
         j_T = jnp.arange(kmax + 1)
@@ -227,6 +234,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         stats = stats.replace(
             passes=i + 1, row_passes=stats.row_passes + live_R.sum(),
             drafted=stats.drafted + drafted_R.sum(), accepted=stats.accepted + taken_R.sum(),
+            forecast=stats.forecast + forecast,
             drafted_C=stats.drafted_C + drafted_R @ onehot_RC,
             accepted_C=stats.accepted_C + taken_R @ onehot_RC,
             active_N=stats.active_N.at[i].set(active, mode="drop"),

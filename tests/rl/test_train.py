@@ -146,8 +146,8 @@ def test_fitted_cost_model_is_kept_for_a_resumed_run(tmp_path, monkeypatch):
     layout = sharding.make_layout(cfg.mesh, cfg.sharding)
     model = loader.load(cfg.model, cfg.seed)[0]
     fit = lambda d: policy.fitted_cost_model(model, layout, 4, (0, 4), str(d / "cost_model.json"))  # noqa: E731
-    assert fit(tmp_path) == fit(tmp_path) == (1e-3, 2e-7)
-    assert fit(tmp_path / "other") == (5e-3, 9e-7)
+    assert fit(tmp_path) == fit(tmp_path) == (1e-3, 2e-7, None)
+    assert fit(tmp_path / "other") == (5e-3, 9e-7, None)
 
 
 _COST_MODEL_WORKER = """
@@ -159,12 +159,16 @@ from jaxrl import sharding
 from jaxrl.models import config, decoder
 from jaxrl.rollout import policy
 policy.measure_cost_model = lambda *a, **k: ((pid + 1) * 1e-3, (pid + 1) * 1e-7)
+policy.drafting_seconds = lambda *a, **k: (pid + 1) * 1e-4
 model = decoder.Decoder(config.preset("tiny"))
 from jaxrl.config_utils import build, load_config_file
-rules = build(sharding.ShardingConfig, load_config_file(sys.argv[4]).sharding)
+from jaxrl.rollout.das import RolloutConfig
+grpo = load_config_file(sys.argv[4])
+rules = build(sharding.ShardingConfig, grpo.sharding)
 layout = sharding.make_layout({"data": -1}, rules)
-fit = policy.fitted_cost_model(model, layout, 4, (0, 4),
-                               workdir + "/cost_model.json")
+spec = build(RolloutConfig, grpo.rollout, "config.rollout")
+fit = policy.fitted_cost_model(model, layout, 4, (0, 4), workdir + "/cost_model.json",
+                               drafting=(spec, 2, 8, 16))
 print("FIT", json.dumps(list(fit)))
 """
 
@@ -180,7 +184,7 @@ def test_fitted_cost_model_is_process_0s_on_every_process(tmp_path):
         port = str(sock.getsockname()[1])
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     procs = [subprocess.Popen([sys.executable, "-c", _COST_MODEL_WORKER, str(pid), port,
-                               str(tmp_path), str(ROOT / "configs" / "scale.py")],
+                               str(tmp_path), str(ROOT / "configs" / "grpo.py")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for pid in (0, 1)]
     fits = []
@@ -188,10 +192,10 @@ def test_fitted_cost_model_is_process_0s_on_every_process(tmp_path):
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-3000:]
         fits.append(json.loads(out.split("FIT ", 1)[1]))
-    assert fits[0] == fits[1] == pytest.approx([1e-3, 1e-7], rel=1e-6)  # (sent as float32)
+    assert fits[0] == fits[1] == pytest.approx([1e-3, 1e-7, 1e-4], rel=1e-6)  # (as float32)
     with open(tmp_path / "cost_model.json") as f:
         saved = json.load(f)
-    assert [saved["c_base_s"], saved["c_tok_s"]] == fits[0]
+    assert [saved["c_base_s"], saved["c_tok_s"], saved["draft_s"]] == fits[0]
 
 
 def test_sigterm_saves_and_exits_then_resume_finishes(tmp_path):

@@ -10,6 +10,7 @@ from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder
 from jaxrl.rollout import policy
 from jaxrl.rollout.policy import LONG, MEDIUM, SHORT
+from tests.configs import layout, rollout_config
 
 
 def test_length_classes_by_rank_of_mean_past_length():
@@ -56,16 +57,29 @@ def test_choose_width_maximises_expected_tokens_per_second():
     assert int(policy.choose_width(probs_BD, live_B, (0, 2, 4), 3, 10.0, 0.1)) == 2
     # base 0 (cost per token only): 2/0.3=6.67 beats 4.4/0.9 and 5/1.5 -> width 0.
     assert int(policy.choose_width(probs_BD, live_B, (0, 2, 4), 3, 0.0, 0.1)) == 0
+    # base 1 again, the drafter's probabilities scaled by 0.2 (it forecast 5x what was
+    # accepted): 1 + 0.2 * 1.7 + 1 + 0.2 * 0.7 = 2.48 over 1.9 = 1.31, 2.6 / 2.5 = 1.04, both
+    # below plain's 2 / 1.3 = 1.54 -> width 0.
+    assert int(policy.choose_width(probs_BD, live_B, (0, 2, 4), 3, 1.0, 0.1, 0.2)) == 0
+
+
+def test_calibration_is_accepted_over_forecast_after_a_prior_and_at_most_1():
+    # (3 + 4) / (10 + 4) = 0.5; a drafter that under-forecasts is not trusted above 1.
+    assert float(policy.calibration(jnp.int32(3), jnp.float32(10.0), 4)) == 0.5
+    assert float(policy.calibration(jnp.int32(0), jnp.float32(0.0), 4)) == 1.0
+    assert float(policy.calibration(jnp.int32(9), jnp.float32(2.0), 4)) == 1.0
 
 
 def test_free_width_only_when_the_widest_costs_within_the_slack():
     # base 1, c 0.001: 8 rows x 17 tokens cost 1.136 against 1.008 (+12.7%): not free at 10%,
     # free at 15%; 4 rows cost 1.068 against 1.004 (+6.4%): free.
-    assert policy.free_width((0, 4, 8, 16), 8, 1.0, 0.001) is None
-    assert policy.free_width((0, 4, 8, 16), 8, 1.0, 0.001, slack=0.15) == 3
-    assert policy.free_width((0, 4, 8, 16), 4, 1.0, 0.001) == 3
-    assert policy.free_width((16, 0, 4), 4, 1.0, 0.001) == 0  # index into widths as given
-    assert policy.free_width((0, 4), 1, 0.0, 1.0) is None  # no base cost: never free
+    assert policy.free_width((0, 4, 8, 16), 8, 1.0, 0.001, 0.0) is None
+    assert policy.free_width((0, 4, 8, 16), 8, 1.0, 0.001, 0.0, slack=0.15) == 3
+    assert policy.free_width((0, 4, 8, 16), 4, 1.0, 0.001, 0.0) == 3
+    assert policy.free_width((16, 0, 4), 4, 1.0, 0.001, 0.0) == 0  # index into widths as given
+    assert policy.free_width((0, 4), 1, 0.0, 1.0, 0.0) is None  # no base cost: never free
+    # 4 rows again, drafting costs 0.1: 1.168 against 1.004 (+16%): not free.
+    assert policy.free_width((0, 4, 8, 16), 4, 1.0, 0.001, 0.1) is None
 
 
 def test_fit_cost_model_recovers_a_line_and_clamps_at_zero():
@@ -104,13 +118,31 @@ def test_drafting_pays_by_predicted_acceptance():
 def test_fitted_cost_model_is_shared_by_runs_of_the_same_shape(tmp_path, monkeypatch):
     """A new workdir reads the fit that an earlier run kept beside the compilation cache (its
     numbers are constants of the compiled rollout), and keeps a copy for its own resume."""
-    fits = iter([(1.0, 0.5), (2.0, 0.25)])
+    fits = iter([(1.0, 0.5), (2.0, 0.25), (3.0, 0.125)])
+    drafts = iter([0.75])
     monkeypatch.setattr(policy, "verification_timer", lambda model, mesh: None)
     monkeypatch.setattr(policy, "measure_cost_model", lambda *args: next(fits))
+    monkeypatch.setattr(policy, "drafting_seconds", lambda *args: next(drafts))
     model = Decoder(preset("tiny"))
-    fit = lambda run, shared: policy.fitted_cost_model(  # noqa: E731
-        model, None, 4, (0, 4), str(tmp_path / run / "cost_model.json"), shared_dir=shared)
+    spec = rollout_config()
+    fit = lambda run, shared, drafting=(): policy.fitted_cost_model(  # noqa: E731
+        model, None, 4, (0, 4), str(tmp_path / run / "cost_model.json"), shared_dir=shared,
+        drafting=drafting)
     shared = str(tmp_path / "xla")
-    assert fit("a", shared) == fit("b", shared) == (1.0, 0.5)
+    assert fit("a", shared) == fit("b", shared) == (1.0, 0.5, None)  # drafting not timed
     assert json.loads((tmp_path / "b" / "cost_model.json").read_text())["c_base_s"] == 1.0
-    assert fit("c", "") == (2.0, 0.25)  # nothing shared: measured anew
+    assert fit("c", "") == (2.0, 0.25, None)  # nothing shared: measured anew
+    # Drafting timed; its shapes are part of the key, so the fits above are not reused.
+    assert fit("d", shared, (spec, 4, 20, 30)) == fit("e", shared, (spec, 4, 20, 30)) == (
+        3.0, 0.125, 0.75)
+
+
+def test_timers_run_the_rollout_shapes_in_a_loop():
+    """The verification and drafting timers compile and run their loops on these shapes (on a
+    CPU the numbers mean nothing; the GPU's are in REPRODUCE.md)."""
+    model = Decoder(preset("tiny"))
+    spec = rollout_config()
+    forward = policy.verification_timer(model, layout(), context=16)
+    for rows, k in ((4, 0), (2, 4)):
+        assert 0 < forward(rows, k) < 60
+    assert 0 < policy.drafting_seconds(spec, 8, 4, 10, 24) < 60

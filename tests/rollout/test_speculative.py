@@ -149,8 +149,8 @@ def test_compaction_shrinks_buckets(model_params, widths):
         assert int(stats.drafted) == 0
         assert passes == int(np.asarray(want.lengths_B).max()) - 1
     else:  # buckets of <= 10 rows verify the widest width with no choice (policy.free_width)
-        free = [policy.free_width(widths, int(r), spec.cost_base, spec.cost_per_token)
-                for r in buckets]
+        free = [policy.free_width(widths, int(r), spec.cost_base, spec.cost_per_token,
+                                  spec.draft_cost) for r in buckets]
         assert None in free and 1 in free, buckets
         assert (np.asarray(stats.width_N)[:passes][np.equal(free, 1)] == 4).all()
 
