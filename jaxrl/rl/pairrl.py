@@ -11,8 +11,10 @@ Per step, after the generator's rollouts and their task rewards (grpo.py, unchan
    `point_prompt` for PointRL) assembled from constant template pieces, tokenized once on
    the host, and the prompt and completion token arrays, so V1-Infer later judges with the
    very prompts the policy was trained on.
-3. The same model and engine (`decode.generate`) write `judge_generations` judge rollouts
-   per prompt; `parse_ratings` reads them; `verifier_rewards` scores them against the
+3. The same model and engine write `judge_generations` judge rollouts per prompt: plain
+   decoding, or DAS with `rollout.speculative` (`das.rollout_new_prompts`: each pair's judge
+   prompt repeats its solutions verbatim, which the drafter can copy; the tokens are plain
+   decoding's either way); `parse_ratings` reads them; `verifier_rewards` scores them against the
    checker's verdicts; `verifier_advantages` centres them on the batch mean.
 4. One update on J = J_gen + lambda * J_verif (`grpo.update_phase` with `ExtraRows`).
 
@@ -326,8 +328,8 @@ def judge_metrics(ratings_BK, verdicts_BK, parsed_B, valid_B, rewards_B, lengths
 # ---- the step ----
 
 def judge_phase(model: Decoder, rl: grpo.RLConfig, cfg: PairRLConfig, template: JudgeTemplate,
-                state, prompts_PL, prompt_lengths_P, rollout: Rollout, rewards_B, *,
-                stop_tokens: tuple[int, ...], pad_id: int):
+                rollout_cfg: das.RolloutConfig, state, prompts_PL, prompt_lengths_P,
+                rollout: Rollout, rewards_B, *, stop_tokens: tuple[int, ...], pad_id: int):
     """`(grpo.ExtraRows, metrics)`: the judge rows of this step's generator rollouts.
 
     The checker's verdict of a solution is `reward >= 1` (the task reward is 1 for a correct
@@ -348,11 +350,15 @@ def judge_phase(model: Decoder, rl: grpo.RLConfig, cfg: PairRLConfig, template: 
     prompts_JT, prompt_len_J = judge_prompts(template, prompts_PL[prompt_J],
                                              prompt_lengths_P[prompt_J], solutions, pad_id)
     j = prompts_JT.shape[0]
-    out = generate(model, state.params, prompts_JT, prompt_len_J,
-                   jnp.arange(j, dtype=jnp.int32), state.key(_JUDGE_SALT),
-                   SamplingParams.make(j, rl.temperature, rl.top_k, rl.top_p),
-                   max_new_tokens=cfg.judge_max_new_tokens, stop_tokens=stop_tokens,
-                   pad_id=pad_id)
+    args = (model, state.params, prompts_JT, prompt_len_J, jnp.arange(j, dtype=jnp.int32),
+            state.key(_JUDGE_SALT), SamplingParams.make(j, rl.temperature, rl.top_k, rl.top_p))
+    kw = dict(max_new_tokens=cfg.judge_max_new_tokens, stop_tokens=stop_tokens, pad_id=pad_id)
+    spec_metrics = {}
+    if rollout_cfg.speculative:  # the rows judging one pair share its prompt: one group
+        out, stats = das.rollout_new_prompts(*args, cfg=rollout_cfg, group=rep, **kw)
+        spec_metrics = {f"verifier/{k}": v for k, v in das.metrics(stats, out.lengths_B).items()}
+    else:
+        out = generate(*args, **kw)
     ratings_JK, parsed_J = parse_ratings(template, out.tokens_BN, out.lengths_B, out.finished_B)
     verdicts_JK = correct_PG.reshape(-1)[rows_JK]
     rewards_J = verifier_rewards(ratings_JK, verdicts_JK, parsed_J)
@@ -363,7 +369,7 @@ def judge_phase(model: Decoder, rl: grpo.RLConfig, cfg: PairRLConfig, template: 
     metrics = judge_metrics(ratings_JK, verdicts_JK, parsed_J, valid_J, rewards_J,
                             out.lengths_B)
     metrics["verifier/prompt_tokens"] = jnp.where(valid_J, prompt_len_J, 0).sum()
-    return extra, metrics
+    return extra, {**metrics, **spec_metrics}
 
 
 def make_step(model: Decoder, rl: grpo.RLConfig, rollout_cfg: das.RolloutConfig, reward,
@@ -399,8 +405,8 @@ def make_step(model: Decoder, rl: grpo.RLConfig, rollout_cfg: das.RolloutConfig,
         raise ValueError(f"a judge prompt ({judge_len} tokens) plus config.pairrl."
                          f"judge_max_new_tokens={cfg.judge_max_new_tokens} exceeds the "
                          f"model's max_position_embeddings={limit}")
-    phase = functools.partial(judge_phase, model, rl, cfg, template, stop_tokens=stop_tokens,
-                              pad_id=pad_id)
+    phase = functools.partial(judge_phase, model, rl, cfg, template, rollout_cfg,
+                              stop_tokens=stop_tokens, pad_id=pad_id)
     return grpo.make_step(model, rl, rollout_cfg, reward, max_new_tokens=max_new_tokens,
                           stop_tokens=stop_tokens, pad_id=pad_id, layout=layout,
                           state_sharding=state_sharding, judge_phase=phase, judge_coef=cfg.lam)

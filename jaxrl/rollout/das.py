@@ -3,6 +3,7 @@ the train state, a speculative rollout from it, and the per-step speculation met
 
     history = das.init_history(cfg, num_prompts, group, max_new_tokens)
     rollout, stats = das.rollout(model, params, prompts_BL, ..., history, prompt_ids_P, cfg=cfg, ...)
+    rollout, stats = das.rollout_new_prompts(model, params, prompts_BL, ..., cfg=cfg, group=g, ...)
     history = das.record(history, prompt_ids_P, rollout.tokens_BN, rollout.lengths_B)
     metrics = das.metrics(stats, rollout.lengths_B)
 
@@ -105,6 +106,21 @@ def rollout(model: Decoder, params, prompts_BL, prompt_lengths_B, uids_B, key,
                                 sampling, past_PRN, class_P, spec=cfg, group=group,
                                 max_new_tokens=max_new_tokens, stop_tokens=stop_tokens,
                                 pad_id=pad_id, layout=layout)
+
+
+def rollout_new_prompts(model: Decoder, params, prompts_BL, prompt_lengths_B, uids_B, key,
+                        sampling: SamplingParams, *, cfg: RolloutConfig, group: int,
+                        max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int,
+                        layout=None) -> tuple[Rollout, speculative.SpecStats]:
+    """The tokens plain decoding gives, for prompts never rolled out before (PairRL's judge
+    prompts: new pairs every step): drafts come from each prompt itself and its group's
+    live outputs only, the history one empty slot; every prompt is MEDIUM."""
+    p = prompts_BL.shape[0] // group
+    empty_PRN = jnp.full((p, 1, max_new_tokens), drafter.SEP, jnp.int32)
+    return speculative.generate(model, params, prompts_BL, prompt_lengths_B, uids_B, key,
+                                sampling, empty_PRN, jnp.full((p,), policy.MEDIUM, jnp.int32),
+                                spec=cfg, group=group, max_new_tokens=max_new_tokens,
+                                stop_tokens=stop_tokens, pad_id=pad_id, layout=layout)
 
 
 def record(history: drafter.History, prompt_ids_P, tokens_BN, lengths_B) -> drafter.History:

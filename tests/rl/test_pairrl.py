@@ -14,6 +14,7 @@ from jaxrl.models.decoder import Decoder, init_params
 from jaxrl.models.tokenizer import CharTokenizer
 from jaxrl.rl import grpo, pairrl, state as state_lib
 from jaxrl.rl.sft import SFTConfig
+from jaxrl.rollout import das
 from jaxrl.rollout.decode import Rollout
 from jaxrl.tasks import batches
 from jaxrl.tasks.prompts import TaskConfig
@@ -223,15 +224,15 @@ def batch():
     return prompts_PL, plen_P, jnp.zeros((P, 1), jnp.int32), jnp.arange(P, dtype=jnp.int32)
 
 
-def step_of(verifier="none", lam=1.0, split=False):
+def step_of(verifier="none", lam=1.0, split=False, rollout=None):
     rl = rl_config(num_prompts=P, num_generations=G, num_minibatches=2, split_phases=split)
     kw = dict(max_new_tokens=N, stop_tokens=TOK.eos_ids, pad_id=PAD)
+    rollout = rollout or rollout_config(speculative=False)
     if verifier == "none":
-        return grpo.make_step(MODEL, rl, rollout_config(speculative=False), EvenFirstToken(), **kw)
+        return grpo.make_step(MODEL, rl, rollout, EvenFirstToken(), **kw)
     cfg = pairrl.PairRLConfig(verifier=verifier, lam=lam, pair_slots=4, judge_generations=4,
                               judge_max_new_tokens=16)
-    return pairrl.make_step(MODEL, rl, rollout_config(speculative=False), EvenFirstToken(), cfg,
-                            TOK, prompt_len=12, **kw)
+    return pairrl.make_step(MODEL, rl, rollout, EvenFirstToken(), cfg, TOK, prompt_len=12, **kw)
 
 
 # ---- the judge-format warm-up ----
@@ -284,6 +285,25 @@ def test_judge_format_steps_are_every_kth_sft_step():
     assert [s for s in range(10) if cfg.is_judge_step(s)] == [3, 7]
     off = SFTConfig(steps=10, batch_size=4, learning_rate=1e-3, judge_every=0)
     assert not any(off.is_judge_step(s) for s in range(10))
+
+
+def test_das_for_generator_and_judge_rollouts_changes_no_training_bit():
+    """`rollout.speculative` drafts the judge rollouts too (`das.rollout_new_prompts`): the
+    same tokens as plain decoding, so the same PairRL step, bit for bit (the sampler's own
+    log-probs aside: tests/rl/test_grpo.py says why), with the judge rows' drafts counted."""
+    spec = rollout_config(speculative=True, widths=(0, 4), min_bucket=4,
+                          verify_impl="reference", fit_cost_model=False)
+    plain_step, spec_step = step_of("pairwise"), step_of("pairwise", rollout=spec)
+    s1, s2 = new_state(), new_state().replace(history=das.init_history(spec, P, G, N))
+    s1, m1 = plain_step(s1, *batch())
+    s2, m2 = spec_step(s2, *batch())
+    assert float(m1["verifier/valid_frac"]) > 0
+    for k in m1:
+        if not k.startswith("time/") and not k.endswith("sampler_trainer_logprob_gap"):
+            np.testing.assert_array_equal(m1[k], m2[k], err_msg=k)
+    assert int(m2["verifier/spec/drafted"]) > 0
+    assert int(m2["verifier/spec/passes"]) <= int(m2["verifier/spec/plain_passes"])
+    jax.tree.map(np.testing.assert_array_equal, s1.params, s2.params)
 
 
 def test_lambda_zero_is_standard_rl_bit_for_bit():

@@ -10,7 +10,7 @@ from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder
 from jaxrl.rollout import policy
 from jaxrl.rollout.policy import LONG, MEDIUM, SHORT
-from tests.configs import layout, rollout_config
+from configs import layout, rollout_config
 
 
 def test_length_classes_by_rank_of_mean_past_length():
