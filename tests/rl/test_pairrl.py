@@ -2,6 +2,8 @@
 selection, judge prompts built from token arrays, strict rating parsing, the verifier reward
 and advantages; then the step: lambda = 0 is standard RL bit for bit, and a PairRL step
 reports its metrics."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -400,3 +402,42 @@ def test_the_switch_builds_standard_rl_or_pairrl():
     with pytest.raises(ValueError, match="judge_generations=6 must be a multiple of "
                                          "config.pairrl.pair_slots=4"):
         train_config(bad)
+
+
+def test_pairrl_step_on_a_mesh_equals_one_device():
+    """PairRL's step, judge phase included, with the state split over a (data 2, fsdp 2,
+    tensor 2) mesh of CPU devices and the batch over its batch axes: the same sampled tokens
+    as on one device (every integer metric equal) and float metrics and params within
+    float32 reordering, bounded as in tests/rl/test_sharded.py (rtol 1e-4 per metric; a
+    param moves at most its learning rate per Adam step, so two orders differ by at most 2 x
+    the steps' learning rates)."""
+    from configs import layout as make_layout
+    from jaxrl import sharding
+    from jaxrl.models.decoder import param_axes
+
+    lay = make_layout({"data": 2, "fsdp": 2, "tensor": 2})
+    one_step = step_of("pairwise")
+    s1, s8 = new_state(), new_state()
+    where = state_lib.shardings(s8, param_axes(MODEL.cfg), lay)
+    rl = rl_config(num_prompts=P, num_generations=G, num_minibatches=2)
+    cfg = pairrl.PairRLConfig(verifier="pairwise", lam=1.0, pair_slots=4, judge_generations=4,
+                              judge_max_new_tokens=16)
+    mesh_step = pairrl.make_step(MODEL, rl, rollout_config(speculative=False), EvenFirstToken(),
+                                 cfg, TOK, prompt_len=12, max_new_tokens=N,
+                                 stop_tokens=TOK.eos_ids, pad_id=PAD, layout=lay,
+                                 state_sharding=where)
+    s8 = sharding.place(s8, where)
+    s1, m1 = one_step(s1, *batch())
+    s8, m8 = mesh_step(s8, *sharding.shard_batch(batch(), lay))
+    assert float(m1["verifier/valid_frac"]) > 0 and int(m1["verifier/generated_tokens"]) > 0
+    for k, v in m1.items():
+        if k.startswith("time/"):
+            continue
+        if np.issubdtype(np.asarray(v).dtype, np.integer):
+            assert int(m8[k]) == int(v), k
+        else:
+            assert float(m8[k]) == pytest.approx(float(v), rel=1e-4, abs=1e-6), k
+    assert s8.params["layers_0"]["attn"]["q_proj"]["kernel"].sharding.spec == \
+        where.params["layers_0"]["attn"]["q_proj"]["kernel"].spec
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=0, atol=2 * 2 * 3e-2),
+                 jax.device_get(s1.params), jax.device_get(s8.params))
