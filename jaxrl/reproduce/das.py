@@ -33,9 +33,10 @@ SETTINGS = {
     # CI on a CPU: the pipeline and the files, not the numbers.
     "small": dict(task="sort", difficulty=0, model="tiny", sft_steps=4, rl_steps=3, pool=8,
                   generations=4, eval_problems=8, seeds=1,
-                  # Fewer widths, no timed cost model, short rollouts: a fraction of the time.
+                  # Fewer widths, no timed cost model, short rollouts, one-step solutions (one
+                  # length bucket: one SFT program, not one per step): a fraction of the time.
                   overrides=(("rollout.widths", (0, 4)), ("rollout.fit_cost_model", False),
-                             ("rl.max_new_tokens", 24))),
+                             ("rl.max_new_tokens", 24), ("task.max_steps", 1))),
 }
 
 
