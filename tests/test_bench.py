@@ -20,7 +20,9 @@ def run_bench(name, *args):
 
 
 def test_rollout_bench_variants_reproduce_plain_decoding(tmp_path):
-    run_bench("rollout", "--preset", "tiny", "--dtype", "float32", "--sft-steps", "2",
+    # Difficulty 0: rollouts of at most 129 tokens; the default (1) allows 433 per row.
+    run_bench("rollout", "--preset", "tiny", "--difficulty", "0", "--dtype", "float32",
+              "--sft-steps", "2",
               "--warm-steps", "1", "--steps", "1", "--pool", "2", "--num-generations", "4",
               "--repeats", "1", "--ablations", "no_compaction", "--fit-cost-model", "0",
               "--widths", "0,4",

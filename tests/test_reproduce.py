@@ -60,6 +60,9 @@ def test_small_tables_write_their_files_share_runs_and_das_leaves_training_uncha
     assert set(das) == {"plain", "compacted plain", "das"}
     # Equal tokens and recomputed old log-probs: every RL metric equal to plain's, exactly.
     assert das["compacted plain"][-1] == das["das"][-1] == "identical"
+    # DAS drafted (its acceptance is '-' where nothing was drafted): the identity held with
+    # verification passes decoding rows, not one token per pass alone.
+    assert das["das"][4] != "-"
     for name in ("pairrl", "v1_infer", "das"):
         assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG), name
         assert "Device: 1 x cpu" in (tmp_path / f"{name}.md").read_text()

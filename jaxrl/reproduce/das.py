@@ -31,11 +31,13 @@ SETTINGS = {
                     pool=64, generations=8, eval_problems=64, seeds=3,
                     overrides=()),
     # CI on a CPU: the pipeline and the files, not the numbers.
-    "small": dict(task="sort", difficulty=0, model="tiny", sft_steps=4, rl_steps=3, pool=8,
-                  generations=4, eval_problems=8, seeds=1,
-                  # Fewer widths, no timed cost model, short rollouts: a fraction of the time.
+    "small": dict(task="sort", difficulty=0, model="tiny", sft_steps=4, rl_steps=3, pool=4,
+                  generations=4, eval_problems=4, seeds=1,
+                  # Fewer widths, no timed cost model, short rollouts, one-step solutions (one
+                  # length bucket: one SFT program, not one per step), 4 x 4 rows (compacted
+                  # buckets of 16 and 8 rows to compile, not also 32): a fraction of the time.
                   overrides=(("rollout.widths", (0, 4)), ("rollout.fit_cost_model", False),
-                             ("rl.max_new_tokens", 24))),
+                             ("rl.max_new_tokens", 24), ("task.max_steps", 1))),
 }
 
 

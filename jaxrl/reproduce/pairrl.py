@@ -40,8 +40,9 @@ SETTINGS = {
     "small": dict(task="sort", difficulty=0, model="tiny", sft_steps=4, rl_steps=2, prompts=4,
                   eval_problems=4, v1_problems=4, candidates=4, budgets=(1, 2), judge_rows=32,
                   seeds=1, parallel=1, v1_small=True,
-                  # Short rollouts: short judge prompts and a cheap update.
-                  overrides=(("rl.max_new_tokens", 24),)),
+                  # Short rollouts (short judge prompts, a cheap update) and one-step
+                  # solutions (one length bucket: one SFT program, not one per step).
+                  overrides=(("rl.max_new_tokens", 24), ("task.max_steps", 1))),
 }
 
 

@@ -87,6 +87,7 @@ def test_policy_from_a_train_workdir(tmp_path):
     c.sft.batch_size = 8
     c.eval.num_problems = 8
     c.task.train_pool = 0
+    c.task.max_steps = 1  # one length bucket: one SFT program, short evaluations
     train.run(train_config(c), str(run_dir))
 
     config = tiny_config()

@@ -1,6 +1,7 @@
 """The main job on 2 local processes x 4 fake CPU devices (jax.distributed on 127.0.0.1)
-equals it on 1 process x 8 devices; its checkpoint (params FSDP-split over both processes)
-restores onto another mesh and onto one device with the same values."""
+equals it on one device (conftest.py's run, which test_sharded.py's meshes share); its
+checkpoint (params FSDP-split over both processes) restores onto another mesh and onto one
+device with the same values."""
 import functools
 import json
 import os
@@ -13,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from configs import ROOT, config_dict, train_config
+from configs import ROOT, train_config
+from das_job import PARAM_ATOL, das_config
 from jaxrl import checkpoint, sharding
 from jaxrl.jobs import train
-from test_sharded import PARAM_ATOL
 
 ARG = "model=tiny,sft_steps=2,rl_steps=2,speculative=True"
 FLAGS = ["--config.task.max_steps=1", "--config.task.train_pool=2", "--config.sft.batch_size=8",
@@ -29,28 +30,21 @@ FLAGS = ["--config.task.max_steps=1", "--config.task.train_pool=2", "--config.sf
 
 
 def config():
-    """The ConfigDict that ARG and FLAGS give."""
-    c = config_dict("grpo", ARG)
-    c.task.max_steps, c.task.train_pool, c.sft.batch_size = 1, 2, 8
-    c.rl.num_prompts, c.rl.num_generations, c.rl.kl_coef, c.rl.mask_zero_signal = 2, 4, 0.1, False
-    c.rollout.fit_cost_model, c.rollout.widths, c.rollout.compaction = False, (0, 4), False
-    c.eval.num_problems, c.eval.every, c.checkpoint.every = 2, 100, 100
-    c.mesh.data, c.mesh.fsdp = -1, 4
-    return c
+    """The ConfigDict that ARG and FLAGS give: das_job.py's job on their mesh."""
+    return das_config({"data": -1, "fsdp": 4})
 
 
-def launch(workdir, processes: int, devices_each: int, port: int | None = None):
+def launch(workdir, port: int):
+    """The job on 2 processes x 4 devices; each process's stdout."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}"}
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     cmd = [sys.executable, "-m", "jaxrl.main", f"--config=configs/grpo.py:{ARG}",
-           f"--workdir={workdir}", *FLAGS]
-    if processes > 1:
-        cmd += [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-                f"--config.distributed.num_processes={processes}"]
-    procs = [subprocess.Popen(cmd + ([f"--config.distributed.process_id={i}"]
-                                     if processes > 1 else []),
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(processes)]
+           f"--workdir={workdir}", *FLAGS,
+           f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+           "--config.distributed.num_processes=2"]
+    procs = [subprocess.Popen(cmd + [f"--config.distributed.process_id={i}"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
@@ -73,22 +67,23 @@ def restored_params(workdir, mesh, devices=None):
         return ckpt.latest_step(), ckpt.restore(state).params
 
 
-def test_two_processes_equal_one_and_their_checkpoint_restores_anywhere(tmp_path):
+def test_two_processes_equal_one_and_their_checkpoint_restores_anywhere(tmp_path, one_device):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    two = launch(tmp_path / "two", 2, 4, port)
-    one = launch(tmp_path / "one", 1, 8)
+    two = launch(tmp_path / "two", port)
     # Process 0 alone logs: the summary table is printed once.
     assert "held-out accuracy at step 4" in two[0] and "held-out accuracy" not in two[1]
-    assert "held-out accuracy at step 4" in one[0]
 
-    rows_2, rows_1 = step_rows(tmp_path / "two"), step_rows(tmp_path / "one")
+    # The reference: the same job on one device, which test_sharded.py compares every mesh
+    # with (das_job.py derives the bounds below for exactly that comparison).
+    rows_1, reference, _ = one_device
+    rows_2 = step_rows(tmp_path / "two")
     assert [r["step"] for r in rows_2] == [r["step"] for r in rows_1] == [0, 1, 2, 2, 3, 4, 4]
     for a, b in zip(rows_1, rows_2):
         exact = {k: v for k, v in a.items() if not isinstance(v, float)}
         assert exact == {k: b[k] for k in exact}  # the same tokens, drafts and acceptances
-        for k in set(a) - set(exact):  # sums in another order: test_sharded.py's bounds
+        for k in set(a) - set(exact):  # sums in another order: das_job.py's bounds
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
 
     # Saved with params split over fsdp=4 across both processes; restored on (data=8) and on
@@ -99,9 +94,8 @@ def test_two_processes_equal_one_and_their_checkpoint_restores_anywhere(tmp_path
     q = on_data["layers_0"]["attn"]["q_proj"]["kernel"]
     assert q.sharding.spec == jax.sharding.PartitionSpec(None, None) and len(q.sharding.device_set) == 8
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(on_data), jax.device_get(on_one))
-    _, reference = restored_params(tmp_path / "one", {"data": 1, "fsdp": 1}, jax.devices()[:1])
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=0, atol=PARAM_ATOL),
-                 jax.device_get(reference), jax.device_get(on_one))
+                 reference, jax.device_get(on_one))
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_then_one_process_resumes(tmp_path):

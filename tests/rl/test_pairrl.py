@@ -337,10 +337,13 @@ def test_judge_rows_enter_the_update_weighted_by_lambda():
         jnp.asarray([1.0, -1.0, 0.5, -0.5]),
         (jnp.arange(16)[None] < reply_len_J[:, None]).astype(jnp.float32))
 
+    # One program for both weights (the weight an argument): two compiles, not three.
+    update = jax.jit(lambda s, e, coef: grpo.update_phase(MODEL, rl, s, prompts_PL, plen_P,
+                                                          ids_P, gen, rewards_B, e,
+                                                          extra_coef=coef))
+
     def params_after(extra, coef):
-        update = jax.jit(lambda s, e: grpo.update_phase(MODEL, rl, s, prompts_PL, plen_P, ids_P,
-                                                        gen, rewards_B, e, extra_coef=coef))
-        return jax.tree.leaves(update(new_state(), extra)[0].params)
+        return jax.tree.leaves(update(new_state(), extra, jnp.float32(coef))[0].params)
 
     alone, zero, one = (params_after(None, 0.0), params_after(judge_rows, 0.0),
                         params_after(judge_rows, 1.0))
