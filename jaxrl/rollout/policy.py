@@ -28,6 +28,17 @@ from jaxrl.rollout import drafter
 
 SHORT, MEDIUM, LONG = 0, 1, 2
 CLASS_NAMES = ("short", "medium", "long")
+FIXED_POINT = 1 << 12  # units per 1 of `fixed_sum`
+
+
+def fixed_sum(x_B: jax.Array) -> jax.Array:
+    """The sum of `x_B` (>= 0; the sum below 2^31 / FIXED_POINT) to 1 / FIXED_POINT, added in
+    integers, so its bits do not depend on the order of the additions. Every sum over rows
+    that decides a branch of the decode loop is one: rows are split over a mesh, a float
+    sum's bits depend on how its partial sums meet, and two devices that took different
+    branches would wait for each other's collectives until XLA aborts."""
+    return (jnp.sum(jnp.round(x_B * FIXED_POINT).astype(jnp.int32)).astype(jnp.float32)
+            / FIXED_POINT)
 
 
 def length_classes(lengths_PR: jax.Array, long_frac: float, medium_frac: float) -> jax.Array:
@@ -108,10 +119,11 @@ def drafting_pays(budget_B: jax.Array, live_B: jax.Array, acceptance: jax.Array,
     at `pass_seconds` each: False skips the drafter. True without a width 0."""
     if 0 not in widths:
         return jnp.bool_(True)
-    live_f = live_B.astype(jnp.float32)
-    plain = jnp.sum(live_f) / pass_seconds(0, rows, cost_base, cost_per_token, draft_cost)
+    live_B = live_B.astype(jnp.int32)
+    n_live = jnp.sum(live_B)  # integer sums: the same on every device (`fixed_sum`)
+    plain = n_live / pass_seconds(0, rows, cost_base, cost_per_token, draft_cost)
     best = jnp.max(jnp.stack([
-        jnp.sum(live_f * (1.0 + acceptance * jnp.minimum(k, budget_B)))
+        (n_live + acceptance * jnp.sum(live_B * jnp.minimum(k, budget_B)))
         / pass_seconds(k, rows, cost_base, cost_per_token, draft_cost) for k in widths if k]))
     return best > plain
 
@@ -132,9 +144,10 @@ def choose_width(probs_BD: jax.Array, live_B: jax.Array, widths: tuple[int, ...]
     per second. A draft token's running probability, times `calibration`, estimates the
     chance that it and all before it are accepted, so a row expects 1 + calibration * the
     sum of its first k probabilities."""
-    cum_BD = calibration * jnp.cumsum(probs_BD, axis=1)
+    cum_BD = jnp.where(live_B[:, None], jnp.cumsum(probs_BD, axis=1), 0.0)
+    n_live = jnp.sum(live_B.astype(jnp.int32))
     expected_W = jnp.stack([
-        jnp.sum(live_B * (1.0 + (cum_BD[:, k - 1] if k else 0.0))) for k in widths])
+        n_live + (calibration * fixed_sum(cum_BD[:, k - 1]) if k else 0.0) for k in widths])
     seconds_W = jnp.asarray([cost_base + cost_per_token * rows * (k + 1) for k in widths])
     return jnp.argmax(expected_W / seconds_W).astype(jnp.int32)
 

@@ -190,8 +190,8 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                 verified = verify_pass(spec.widths[w], rows_R, cache, last_R, d, t0_R)
             k_R = jnp.minimum(d.num_B, jnp.asarray(spec.widths)[w])
             forecast_R = jnp.where(jnp.arange(kmax) < k_R[:, None], d.probs_BD, 0.0).sum(1)
-            return verified + (k_R, jnp.int32(w), jnp.int32(0),
-                               jnp.sum(jnp.where(live_R, forecast_R, 0.0)))
+            return verified + (k_R, jnp.int32(w), jnp.int32(0),  # calibration's input:
+                               policy.fixed_sum(jnp.where(live_R, forecast_R, 0.0)))  # exact
 
         budget = policy.largest_budget(spec.class_budgets, kmax, spec.length_aware, b)
         if not policy.drafting_can_pay(spec.widths, size, budget, *cost, spec.draft_cost):

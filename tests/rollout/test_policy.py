@@ -146,3 +146,16 @@ def test_timers_run_the_rollout_shapes_in_a_loop():
     for rows, k in ((4, 0), (2, 4)):
         assert 0 < forward(rows, k) < 60
     assert 0 < policy.drafting_seconds(spec, 8, 4, 10, 24) < 60
+
+
+def test_fixed_sum_does_not_depend_on_the_order_of_additions():
+    """The float32 sum of these values in two orders differs (so two devices that reduce
+    their rows in other orders could branch differently); `fixed_sum` gives one result,
+    the true sum to within rows / 2 units of 1 / FIXED_POINT."""
+    x = np.random.default_rng(0).uniform(0, 17, 4096).astype(np.float32)
+    orders = [x, x[::-1], np.sort(x)]
+    floats = {float(np.cumsum(o, dtype=np.float32)[-1]) for o in orders}
+    assert len(floats) > 1
+    fixed = {float(policy.fixed_sum(jnp.asarray(o))) for o in orders}
+    assert len(fixed) == 1
+    assert abs(fixed.pop() - float(np.sum(x, dtype=np.float64))) <= 4096 / 2 / policy.FIXED_POINT
