@@ -128,13 +128,13 @@ def drafting_pays(budget_B: jax.Array, live_B: jax.Array, acceptance: jax.Array,
     return best > plain
 
 
-def calibration(accepted: jax.Array, predicted: jax.Array, prior: int) -> jax.Array:
+def calibration(accepted: jax.Array, forecast: jax.Array, prior: int) -> jax.Array:
     """This rollout's accepted draft tokens over the drafter's own forecast of them (the sum
     of the verified tokens' running probabilities), after `prior` tokens forecast and
     accepted, at most 1. The running probabilities are continuation frequencies in a small
-    corpus, so they run high (a continuation seen once has probability 1); measured on an
-    H200, sort: forecasts near 1, acceptance 0.10 (REPRODUCE.md)."""
-    return jnp.minimum((accepted + prior) / (predicted + prior), 1.0)
+    corpus, so they can run high (a continuation seen once has probability 1): on an H200,
+    sort, DAS accepted 0.10 of its drafts (REPRODUCE.md; the forecast was not recorded)."""
+    return jnp.minimum((accepted + prior) / (forecast + prior), 1.0)
 
 
 def choose_width(probs_BD: jax.Array, live_B: jax.Array, widths: tuple[int, ...], rows: int,
@@ -148,7 +148,9 @@ def choose_width(probs_BD: jax.Array, live_B: jax.Array, widths: tuple[int, ...]
     n_live = jnp.sum(live_B.astype(jnp.int32))
     expected_W = jnp.stack([
         n_live + (calibration * fixed_sum(cum_BD[:, k - 1]) if k else 0.0) for k in widths])
-    seconds_W = jnp.asarray([cost_base + cost_per_token * rows * (k + 1) for k in widths])
+    # The drafts are made: each width costs its verification only.
+    seconds_W = jnp.asarray([pass_seconds(k, rows, cost_base, cost_per_token, 0.0)
+                             for k in widths])
     return jnp.argmax(expected_W / seconds_W).astype(jnp.int32)
 
 
@@ -174,8 +176,8 @@ def fit_cost_model(tokens: np.ndarray, seconds: np.ndarray) -> tuple[float, floa
 def loop_seconds(body, init, *args, iters: int = 16) -> float:
     """Seconds per iteration of `body(i, carry, *args)` in a jitted fori_loop, the best of 3
     runs after the compile: what a pass costs inside the rollout's while_loop, where each
-    pass's kernels queue behind the last, not one dispatched call's latency (about 4x more
-    for the `small` policy on an H200). `args` are inputs, not constants baked into the
+    pass's kernels queue behind the last, not one dispatched call's latency (4-6x more for
+    the `small` policy on an H200: REPRODUCE.md). `args` are inputs, not constants baked into the
     program (weights)."""
     run = jax.jit(lambda c, *a: jax.lax.fori_loop(0, iters, lambda i, x: body(i, x, *a), c))
     jax.block_until_ready(run(init, *args))
