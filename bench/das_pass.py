@@ -12,7 +12,8 @@ Pieces, at each bucket size (rows):
 - `decode_step`: the plain rollout's step: one cached forward of 1 token per row + sample.
 - `verify_k`: one cached forward of k + 1 tokens per row + `speculative_sample`.
 - `corpus`: building the rows' contexts and the per-prompt corpus from history + live outputs.
-- `draft`: `drafter.draft` on that corpus (match, candidates, walk).
+- `draft`: one pass's whole drafting, `drafter.pass_drafts` (the corpus and contexts
+  above, then match, candidates, walk).
 - `match`: the match-length scan alone; `candidates`: the first-occurrence selection alone.
 - `switch`: a `lax.switch` on device data (the width choice) around a trivial op, against
   `no_switch`, the op alone: what a data-dependent branch costs in a loop.
@@ -23,6 +24,7 @@ import argparse
 import functools
 import os
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +67,8 @@ def main(argv=None):
     apply = functools.partial(model.apply, {"params": params})
     m, d, g, n = args.max_match, args.max_draft, args.group, args.max_new_tokens
     rng = np.random.default_rng(0)
+    spec = types.SimpleNamespace(max_match=m, max_draft=d, spec_factor=1.0, min_token_prob=0.1,
+                                 max_candidates=args.max_candidates)  # the drafter's settings
     results = []
     for rows in args.rows:
         p = max(rows // g, 1)
@@ -88,11 +92,9 @@ def main(argv=None):
             live_PGN = drafter.mask_outputs(outputs_BN, t_B).reshape(-1, g, n)[:p]
             return ctx_BM, drafter.build_corpus(prompts_PL, plen_P, live_PGN, history_PRN, m)
 
-        def draft_body(i, acc):
-            ctx_BM, corpus_PX = corpus_and_contexts(i)
-            dr = drafter.draft(ctx_BM, corpus_PX, group_B, budget_B, max_draft=d,
-                               spec_factor=1.0, min_token_prob=0.1,
-                               max_candidates=args.max_candidates)
+        def draft_body(i, acc):  # the whole of one pass's drafting, as the rollout does it
+            dr = drafter.pass_drafts(spec, prompts_PL, plen_P, outputs_BN, out_len_B + i % 8,
+                                     history_PRN, jnp.arange(rows, dtype=jnp.int32), budget_B)
             return acc + dr.num_B.sum() + dr.tokens_BD.sum()
 
         def corpus_body(i, acc):

@@ -156,13 +156,14 @@ def main(argv=None):
         c_base, c_tok, _ = policy.fitted_cost_model(
             model, built.layout, rows, tuple(sorted({w for v in vs.values() for w in v.widths})), None)
         # Each variant's own drafter settings set its drafting cost (none drafts nothing).
-        draft_s = {k: policy.drafting_seconds(v, rows, g, source.prompt_len, n)
-                   if v.max_draft else 0.0 for k, v in vs.items()}
+        draft_s = {k: policy.drafting_cost_model(v, rows, g, source.prompt_len, n)
+                   if v.max_draft else (0.0, 0.0) for k, v in vs.items()}
         report["cost_model"] = {"c_base_s": c_base, "c_tok_s": c_tok, "draft_s": draft_s}
         log(f"cost model: {1e3 * c_base:.3f} ms + {1e6 * c_tok:.3f} us/token; drafting "
-            + ", ".join(f"{k} {1e3 * d:.3f} ms" for k, d in draft_s.items()))
-        vs = {k: v.replace(cost_base=c_base, cost_per_token=c_tok, draft_cost=draft_s[k])
-              for k, v in vs.items()}
+            + ", ".join(f"{k} {1e3 * d:.3f} ms + {1e6 * r:.3f} us/row"
+                        for k, (d, r) in draft_s.items()))
+        vs = {k: v.replace(cost_base=c_base, cost_per_token=c_tok, draft_cost=draft_s[k][0],
+                           draft_cost_per_row=draft_s[k][1]) for k, v in vs.items()}
     spec_jits = {name: jax.jit(lambda st, p, l, i, v=v, m=Decoder(
         model.cfg, attention_impl=v.attention_impl): grpo.rollout_phase(
             m, config.rl, v, st, p, l, i, **kw)) for name, v in vs.items()}

@@ -147,14 +147,16 @@ def get_config(arg=None):
     c.rollout.medium_frac = 0.4  # the next 40% medium
     c.rollout.compaction = True  # move live rows into smaller buckets as rows finish
     c.rollout.min_bucket = 8
-    # Time verification passes and drafting at start (DIR/cost_model.json); the three
+    # Time verification passes and drafting at start (DIR/cost_model.json); the four
     # numbers below are used only when this is False.
     c.rollout.fit_cost_model = True
     c.rollout.cost_base = 1.0  # pass cost = cost_base + cost_per_token * tokens
     c.rollout.cost_per_token = 0.002
-    # A drafting pass (corpus build + draft) costs draft_cost more (cost_base's units); a pass
-    # skips drafting where no width is then expected to beat plain decoding.
+    # A drafting pass over R rows (corpus build + draft) costs draft_cost + R *
+    # draft_cost_per_row more (cost_base's units); a pass skips drafting where no width is
+    # then expected to beat plain decoding.
     c.rollout.draft_cost = 0.0
+    c.rollout.draft_cost_per_row = 0.0
     c.rollout.verify_impl = "auto"  # auto | pallas | reference (kernels/speculative_sampling)
     c.rollout.attention_impl = "reference"  # auto | pallas | reference (kernels/ragged_attention)
 

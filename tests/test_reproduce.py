@@ -66,3 +66,18 @@ def test_small_tables_write_their_files_share_runs_and_das_leaves_training_uncha
     for name in ("pairrl", "v1_infer", "das"):
         assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG), name
         assert "Device: 1 x cpu" in (tmp_path / f"{name}.md").read_text()
+
+
+def test_a_named_setting_reaches_the_runs_and_an_unknown_one_is_refused(tmp_path):
+    from jaxrl.reproduce import __main__ as cli, pairrl
+    train = pairrl.plan(pairrl.SETTINGS["short_rl"], [0], tmp_path)[0]  # standard RL, seed 0
+    command = train.command(tmp_path)
+    for flag in ("--config.rl.num_generations=8", "--config.pairrl.judge_generations=8",
+                 "--config.pairrl.pair_slots=8"):
+        assert flag in command
+    assert "rl_steps=20" in " ".join(command)
+    with pytest.raises(SystemExit, match=r"--setting='nope'.*\['default', 'short_rl', 'small'\]"):
+        cli.main(["pairrl", "--setting", "nope", f"--out={tmp_path}"])
+    with pytest.raises(SystemExit, match="--small means 'small'"):
+        cli.main(["pairrl", "--setting", "short_rl", "--small", f"--out={tmp_path}"])
+    assert not (tmp_path / "runs").exists()

@@ -176,15 +176,16 @@ def build(cfg: TrainConfig, mesh, workdir: str = "") -> Built:
     history = None
     if rollout_cfg.speculative:
         if rollout_cfg.fit_cost_model:
-            c_base, c_tok, draft_s = policy.fitted_cost_model(
+            c_base, c_tok, draft = policy.fitted_cost_model(
                 model, layout, rl.num_prompts * rl.num_generations, rollout_cfg.widths,
                 os.path.join(workdir, "cost_model.json") if workdir else None,
                 shared_dir=cfg.compile.cache_dir,
                 drafting=(rollout_cfg, rl.num_generations, source.prompt_len,
                           source.max_new_tokens))
-            rollout_cfg = rollout_cfg.replace(cost_base=c_base, cost_per_token=c_tok,
-                                              draft_cost=rollout_cfg.draft_cost
-                                              if draft_s is None else draft_s)
+            rollout_cfg = rollout_cfg.replace(cost_base=c_base, cost_per_token=c_tok)
+            if draft is not None:
+                rollout_cfg = rollout_cfg.replace(draft_cost=draft[0],
+                                                  draft_cost_per_row=draft[1])
         history = das.init_history(rollout_cfg, source.num_prompts, rl.num_generations,
                                    source.max_new_tokens)
     state = state_lib.create(params, tx, cfg.seed, with_reference=rl.kl_coef > 0, history=history)

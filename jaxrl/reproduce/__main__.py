@@ -31,6 +31,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("table", choices=sorted(TABLES))
     p.add_argument("--out", required=True, help="where the runs, the table and plot go")
     p.add_argument("--small", action="store_true", help="CI's setting: a CPU in minutes")
+    p.add_argument("--setting", default="",
+                   help="a named setting of the table's SETTINGS (jaxrl/reproduce/TABLE.py); "
+                        "'' = default, or small with --small")
     p.add_argument("--seeds", type=int, default=0, help="0 = the setting's (3 by default)")
     p.add_argument("--parallel", type=int, default=0,
                    help="runs at once on the one device; 0 = the setting's (das: always 1, "
@@ -46,7 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.seeds < 0 or args.parallel < 0:
         raise SystemExit(f"--seeds={args.seeds} --parallel={args.parallel}: need >= 0")
     table = TABLES[args.table]
-    s = table.SETTINGS["small" if args.small else "default"]
+    name = args.setting or ("small" if args.small else "default")
+    if name not in table.SETTINGS or (args.small and name != "small"):
+        raise SystemExit(f"--setting={args.setting!r} (--small={args.small}): {args.table}'s "
+                         f"settings are {sorted(table.SETTINGS)}; --small means 'small'")
+    s = table.SETTINGS[name]
     seeds = list(range(args.seeds or s["seeds"]))
     parallel = 1 if table is das else (args.parallel or s["parallel"])
     out = pathlib.Path(args.out).resolve()

@@ -35,11 +35,20 @@ SETTINGS = {
     "default": dict(task="countdown", difficulty=0, model="small", sft_steps=400, rl_steps=200,
                     prompts=64, eval_problems=64, v1_problems=64, candidates=16,
                     budgets=(1, 2, 3), judge_rows=512, seeds=3, parallel=9, v1_small=False,
-                    overrides=()),
+                    generations=4, judge_generations=4, pair_slots=4, overrides=()),
+    # The default's policy after 20 RL steps instead of 200, at the paper's split of 8 + 8
+    # rollouts: the groups still hold both verdicts (with 8 rollouts, `groups_with_signal`
+    # 0.53 at the first RL step and 0.1 by the 20th on a CPU run of `verifier=none`), where
+    # the default's 200 steps leave a near-deterministic policy (REPRODUCE.md).
+    "short_rl": dict(task="countdown", difficulty=0, model="small", sft_steps=400, rl_steps=20,
+                     prompts=64, eval_problems=64, v1_problems=64, candidates=16,
+                     budgets=(1, 2, 3), judge_rows=512, seeds=3, parallel=9, v1_small=False,
+                     generations=8, judge_generations=8, pair_slots=8, overrides=()),
     # CI on a CPU: the pipeline and the files, not the numbers.
     "small": dict(task="sort", difficulty=0, model="tiny", sft_steps=4, rl_steps=2, prompts=4,
                   eval_problems=4, v1_problems=4, candidates=4, budgets=(1, 2), judge_rows=32,
-                  seeds=1, parallel=1, v1_small=True,
+                  seeds=1, parallel=1, v1_small=True, generations=4, judge_generations=4,
+                  pair_slots=4,
                   # Short rollouts (short judge prompts, a cheap update) and one-step
                   # solutions (one length bucket: one SFT program, not one per step).
                   overrides=(("rl.max_new_tokens", 24), ("task.max_steps", 1))),
@@ -65,7 +74,10 @@ def plan(s: dict, seeds: list[int], out: pathlib.Path, verifiers=tuple(VERIFIERS
                 f"verifier={v}"), (("seed", seed), ("rl.num_prompts", s["prompts"]),
                                    ("eval.num_problems", s["eval_problems"]),
                                    ("eval.every", runs.eval_every(s)),
-                                   ("checkpoint.every", 50)) + s["overrides"])
+                                   ("checkpoint.every", 50),
+                                   ("rl.num_generations", s["generations"]),
+                                   ("pairrl.judge_generations", s["judge_generations"]),
+                                   ("pairrl.pair_slots", s["pair_slots"])) + s["overrides"])
             plan.append(train)
             plan.append(runs.Run(eval_name(v, seed), (
                 f"v1_infer.py:{task},small={s['v1_small']}"), (
@@ -91,7 +103,8 @@ def table(out: pathlib.Path, s: dict, seeds: list[int], argv: list[str], device:
     lines = report.header("V1-PairRL: standard RL vs PointRL vs PairRL", argv, device) + [
         f"Task {s['task']} difficulty {s['difficulty']}, `{s['model']}` policy, "
         f"{s['sft_steps']} SFT steps then {s['rl_steps']} RL steps of {s['prompts']} prompts "
-        f"x 4 generator rollouts (+ 4 judge rollouts for PointRL / PairRL), seeds {seeds}; "
+        f"x {s['generations']} generator rollouts (+ {s['judge_generations']} judge rollouts "
+        f"of {s['pair_slots']} pairs for PointRL / PairRL), seeds {seeds}; "
         f"evaluated on {s['v1_problems']} held-out problems with N = {s['candidates']} "
         "candidates per problem. Base Pass@1: the fraction of all sampled candidates that "
         "are correct. Judge accuracy, over the last quarter of RL steps: PairRL's on "

@@ -50,6 +50,7 @@ class RolloutConfig:
     cost_base: float
     cost_per_token: float
     draft_cost: float
+    draft_cost_per_row: float
     verify_impl: str
     attention_impl: str
 
@@ -75,6 +76,7 @@ class RolloutConfig:
         at_least(f"{p}.cost_base", self.cost_base, 0)
         positive(f"{p}.cost_per_token", self.cost_per_token)
         at_least(f"{p}.draft_cost", self.draft_cost, 0)
+        at_least(f"{p}.draft_cost_per_row", self.draft_cost_per_row, 0)
         one_of(f"{p}.verify_impl", self.verify_impl, IMPLS)
         one_of(f"{p}.attention_impl", self.attention_impl, IMPLS)
 

@@ -232,3 +232,25 @@ def contexts(prompts_BL: jax.Array, prompt_lengths_B: jax.Array, outputs_BN: jax
     from_output = jnp.take_along_axis(outputs_BN, jnp.clip(out_idx_BM, 0, outputs_BN.shape[1] - 1), 1)
     ctx_BM = jnp.where(out_idx_BM >= 0, from_output, from_prompt)
     return jnp.where(idx_BM >= 0, ctx_BM, NO_TOKEN)
+
+
+def pass_drafts(spec, prompts_PL: jax.Array, prompt_lengths_P: jax.Array,
+                outputs_BN: jax.Array, lengths_B: jax.Array, history_PRN: jax.Array,
+                rows_R: jax.Array, budget_R: jax.Array, layout=None) -> Draft:
+    """One decode pass's drafts for the rows `rows_R` of a batch (rows `p*G .. p*G+G-1` are
+    prompt p's group): each row's context against its prompt's corpus (the prompt, the live
+    outputs of the whole group, `history_PRN`). `spec` holds the drafter's settings (a
+    `das.RolloutConfig`); `outputs_BN` and `lengths_B` are every row's tokens so far. With a
+    `sharding.Layout`, each prompt's corpus is placed beside its rows."""
+    p, n = prompts_PL.shape[0], outputs_BN.shape[1]
+    group_R = rows_R // (outputs_BN.shape[0] // p)
+    ctx_RM = contexts(prompts_PL[group_R], prompt_lengths_P[group_R], outputs_BN[rows_R],
+                      lengths_B[rows_R], spec.max_match)
+    live_PGN = mask_outputs(outputs_BN, lengths_B).reshape(p, -1, n)
+    corpus_PX = build_corpus(prompts_PL, prompt_lengths_P, live_PGN, history_PRN,
+                             spec.max_match)
+    if layout is not None:
+        corpus_PX = layout.rows(corpus_PX)
+    return draft(ctx_RM, corpus_PX, group_R, budget_R, max_draft=spec.max_draft,
+                 spec_factor=spec.spec_factor, min_token_prob=spec.min_token_prob,
+                 max_candidates=spec.max_candidates)

@@ -5,7 +5,8 @@ prompts whose past rollouts were long get the biggest budget, and every budget g
 rows finish, since a decode step over few rows is memory-bound and verifying more tokens
 per row costs almost nothing there. Each pass then picks one verification width among a
 few compiled ones by expected tokens per second under `t = c_base + c_tok * tokens`, plus
-`draft_cost` for a pass that drafts. All three are timed on the device at the start of a run
+`draft_cost + draft_cost_per_row * rows` for a pass that drafts. All four are timed on the
+device at the start of a run
 (`fitted_cost_model`), inside a jitted loop as the rollout's `while_loop` runs its passes.
 """
 from __future__ import annotations
@@ -222,42 +223,52 @@ def verification_timer(model: Decoder, layout: sharding.Layout, context: int = 2
     return forward
 
 
-def drafting_seconds(spec, rows: int, group: int, prompt_len: int, max_new_tokens: int,
-                     vocab: int = 12) -> float:
-    """Seconds of one pass's drafting (contexts, corpus, `drafter.draft`) over `rows` rows
-    with `spec`'s drafter settings and a full history window, in a loop. The scan reads the
-    whole padded corpus, so random tokens (from a small vocabulary, so that patterns recur)
-    cost what real ones do."""
-    p, n, m = max(rows // group, 1), max_new_tokens, spec.max_match
+def drafting_seconds(spec, rows: int, batch: int, group: int, prompt_len: int,
+                     max_new_tokens: int, vocab: int = 12) -> float:
+    """Seconds of one pass's drafting (`drafter.pass_drafts`) for `rows` rows of a `batch`-row
+    batch with `spec`'s drafter settings and a full history window, in a loop. The scan reads
+    the whole padded corpus, so random tokens (from a small vocabulary, so that patterns
+    recur) cost what real ones do."""
+    p, n = max(batch // group, 1), max_new_tokens
     rng = np.random.default_rng(0)
     tokens = lambda *shape: jnp.asarray(rng.integers(3, vocab, shape), jnp.int32)  # noqa: E731
     prompts_PL, plen_P = tokens(p, prompt_len), jnp.full((p,), prompt_len, jnp.int32)
-    history_PRN = tokens(p, spec.window * group, n)
-    group_B = jnp.arange(rows, dtype=jnp.int32) // group % p
-    budget_B = jnp.full((rows,), spec.max_draft, jnp.int32)
+    rows_R = jnp.arange(rows, dtype=jnp.int32) * (p * group // rows)  # spread over prompts
+    budget_R = jnp.full((rows,), spec.max_draft, jnp.int32)
 
     def body(i, acc, outputs_BN, history_PRN):
-        t_B = jnp.full((rows,), n // 2, jnp.int32) + i % 8  # varied: nothing hoisted
-        ctx_BM = drafter.contexts(prompts_PL[group_B], plen_P[group_B], outputs_BN, t_B, m)
-        live_PGN = drafter.mask_outputs(outputs_BN, t_B).reshape(-1, group, n)[:p]
-        corpus_PX = drafter.build_corpus(prompts_PL, plen_P, live_PGN, history_PRN, m)
-        d = drafter.draft(ctx_BM, corpus_PX, group_B, budget_B, max_draft=spec.max_draft,
-                          spec_factor=spec.spec_factor, min_token_prob=spec.min_token_prob,
-                          max_candidates=spec.max_candidates)
+        t_B = jnp.full((p * group,), n // 2, jnp.int32) + i % 8  # varied: nothing hoisted
+        d = drafter.pass_drafts(spec, prompts_PL, plen_P, outputs_BN, t_B, history_PRN,
+                                rows_R, budget_R)
         return acc + d.num_B.sum() + d.tokens_BD.sum()
 
-    return loop_seconds(body, jnp.int32(0), tokens(rows, n), history_PRN)
+    return loop_seconds(body, jnp.int32(0), tokens(p * group, n),
+                        tokens(p, spec.window * group, n))
+
+
+def drafting_cost_model(spec, batch: int, group: int, prompt_len: int,
+                        max_new_tokens: int) -> tuple[float, float]:
+    """`(draft_s, draft_per_row_s)`: one pass's drafting over R rows of a `batch`-row batch
+    costs `draft_s + draft_per_row_s * R`, fitted to `drafting_seconds` at R = batch and
+    batch / 8 (the corpus of every prompt is built whatever R; contexts and drafts are per
+    row, so a tail bucket's drafts cost a fraction of a full one's)."""
+    rows = sorted({batch, max(batch // 8, 1)})
+    secs = [drafting_seconds(spec, r, batch, group, prompt_len, max_new_tokens) for r in rows]
+    if len(rows) == 1:
+        return secs[0], 0.0
+    per_row = max((secs[1] - secs[0]) / (rows[1] - rows[0]), 0.0)
+    return max(secs[1] - per_row * rows[1], 0.0), per_row
 
 
 def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
                       widths: tuple[int, ...], path: str | None, shared_dir: str = "",
-                      drafting: tuple = ()) -> tuple[float, float, float | None]:
-    """`(c_base_s, c_tok_s, draft_s)` timed on this device by process 0 for all processes
+                      drafting: tuple = ()) -> tuple[float, float, tuple[float, float] | None]:
+    """`(c_base_s, c_tok_s, draft)` timed on this device by process 0 for all processes
     (every process must compile the same width choices) and kept at `path`, so that a
     resumed run chooses the widths the interrupted one did (the tokens would not change, but
-    the speculation metrics would). `draft_s`, one pass's drafting at the full batch, is
-    timed when `drafting` gives `drafting_seconds`' (spec, group, prompt_len,
-    max_new_tokens), else None.
+    the speculation metrics would). `draft`, `drafting_cost_model`'s `(draft_s,
+    draft_per_row_s)` at this batch, is timed when `drafting` gives its (spec, group,
+    prompt_len, max_new_tokens), else None.
 
     A single-process run also keeps the fit in `shared_dir` (the compilation cache's
     directory; '' = not kept), keyed by the device, the model's shape and attention, the
@@ -268,7 +279,7 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
     draft_key = ()
     if drafting:
         spec, *shape = drafting
-        draft_key = (*shape, spec.window, spec.max_match, spec.max_draft, spec.max_candidates,
+        draft_key = ("per_row", *shape, spec.window, spec.max_match, spec.max_draft, spec.max_candidates,
                      spec.spec_factor, spec.min_token_prob)
     shared = ""
     if shared_dir and jax.process_count() == 1:
@@ -282,21 +293,24 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
                 fit = json.load(f)
             logging.info("verification cost model from %s", where)
             _write_fit(path, fit)
-            return fit["c_base_s"], fit["c_tok_s"], fit.get("draft_s")
+            draft = fit.get("draft_s")  # a fit written before the per-row term: none
+            return fit["c_base_s"], fit["c_tok_s"], (
+                None if draft is None else (draft, fit.get("draft_per_row_s", 0.0)))
     c_base, c_tok = measure_cost_model(verification_timer(model, layout),
                                        (batch, max(batch // 8, 1)), widths)
-    draft = drafting_seconds(drafting[0], batch, *drafting[1:]) if drafting else -1.0
+    draft = (drafting_cost_model(drafting[0], batch, *drafting[1:]) if drafting
+             else (-1.0, -1.0))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        c_base, c_tok, draft = (float(c) for c in multihost_utils.broadcast_one_to_all(
-            np.asarray([c_base, c_tok, draft])))
-    draft = draft if drafting else None
+        c_base, c_tok, *draft = (float(c) for c in multihost_utils.broadcast_one_to_all(
+            np.asarray([c_base, c_tok, *draft])))
+    draft = tuple(draft) if drafting else None
     fit = {"device": jax.devices()[0].device_kind, "c_base_s": c_base, "c_tok_s": c_tok,
-           "draft_s": draft}
+           "draft_s": draft and draft[0], "draft_per_row_s": draft and draft[1]}
     for where in (path, shared):
         _write_fit(where, fit)
-    logging.info("verification cost model on %s: %.3g s + %.3g s/token, drafting %s s",
-                 jax.devices()[0].device_kind, c_base, c_tok, draft)
+    logging.info("verification cost model on %s: %.3g s + %.3g s/token, drafting %s s "
+                 "(+ s/row)", jax.devices()[0].device_kind, c_base, c_tok, draft)
     return c_base, c_tok, draft
 
 

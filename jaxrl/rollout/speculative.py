@@ -17,8 +17,9 @@ widest in buckets so small that drafting and verifying it cost about as much as 
 isolates what speculation adds.
 
 Speculation must never cost more than it gains, so the drafter itself (corpus build + draft)
-is skipped where the same cost model, with drafting priced at `draft_cost`, says
-no width > 0 pays: per bucket when compiled, if not even perfect drafts of the largest budget
+is skipped where the same cost model, with a bucket of R rows' drafting priced at
+`draft_cost + draft_cost_per_row * R` (the corpus is built for every prompt whatever the
+bucket; contexts and drafts are per row), says no width > 0 pays: per bucket when compiled, if not even perfect drafts of the largest budget
 would pay (`policy.drafting_can_pay`: the bucket's program has no drafter), and per pass in
 buckets that choose their width, if this rollout's acceptance so far, applied to each live
 row's budget, predicts no gain (`policy.drafting_pays`; rows of a class with budget 0, the
@@ -158,7 +159,8 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         cost = (spec.cost_base, spec.cost_per_token)
         budget_R = jnp.where(live_R, policy.draft_budgets(
             class_B[rows_R], active, b, spec.class_budgets, kmax, spec.length_aware), 0)
-        free = policy.free_width(spec.widths, size, *cost, spec.draft_cost)
+        draft_cost = spec.draft_cost + spec.draft_cost_per_row * size  # this bucket's
+        free = policy.free_width(spec.widths, size, *cost, draft_cost)
 
         def plain():  # width 0, nothing drafted; returns what `speculate` does
             empty = drafter.Draft(jnp.full((size, kmax), drafter.SEP, jnp.int32),
@@ -169,16 +171,8 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                 empty.num_B, jnp.int32(spec.widths.index(0)), jnp.int32(1), jnp.float32(0))
 
         def speculate():  # draft, choose the width, verify
-            ctx_RM = drafter.contexts(prompts_BL[rows_R], prompt_lengths_B[rows_R],
-                                      out.tokens_BN[rows_R], t0_R, spec.max_match)
-            live_PGN = drafter.mask_outputs(out.tokens_BN, out.lengths_B).reshape(-1, g, n)
-            corpus_PX = drafter.build_corpus(prompts_PL, plen_P, live_PGN, history_PRN,
-                                             spec.max_match)
-            if layout is not None:  # each prompt's corpus beside its rows
-                corpus_PX = layout.rows(corpus_PX)
-            d = drafter.draft(ctx_RM, corpus_PX, group_B[rows_R], budget_R, max_draft=kmax,
-                              spec_factor=spec.spec_factor, min_token_prob=spec.min_token_prob,
-                              max_candidates=spec.max_candidates)
+            d = drafter.pass_drafts(spec, prompts_PL, plen_P, out.tokens_BN, out.lengths_B,
+                                    history_PRN, rows_R, budget_R, layout)
             if free is None:
                 calibration = policy.calibration(stats.accepted, stats.forecast, kmax)
                 w = policy.choose_width(d.probs_BD, live_R, spec.widths, size, *cost,
@@ -194,7 +188,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                                policy.fixed_sum(jnp.where(live_R, forecast_R, 0.0)))  # exact
 
         budget = policy.largest_budget(spec.class_budgets, kmax, spec.length_aware, b)
-        if not policy.drafting_can_pay(spec.widths, size, budget, *cost, spec.draft_cost):
+        if not policy.drafting_can_pay(spec.widths, size, budget, *cost, draft_cost):
             # Not even perfect drafts pay in this bucket (widths=(0,) included: compacted plain
             # decoding, the baseline that isolates speculation): no drafter in its program.
             result = plain()
@@ -203,7 +197,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         else:  # the pass branches on the drafts anyway: skip drafting where it won't pay
             acceptance = policy.predicted_acceptance(stats.accepted, stats.drafted, kmax)
             pays = policy.drafting_pays(budget_R, live_R, acceptance, spec.widths, size, *cost,
-                                        spec.draft_cost)
+                                        draft_cost)
             result = jax.lax.cond(pays, speculate, plain)
         new_cache, tokens_RT, accepted_R, lp_RT, slp_RT, k_R, w, skip, forecast = result
 

@@ -167,7 +167,7 @@ from jaxrl import sharding
 from jaxrl.models import config, decoder
 from jaxrl.rollout import policy
 policy.measure_cost_model = lambda *a, **k: ((pid + 1) * 1e-3, (pid + 1) * 1e-7)
-policy.drafting_seconds = lambda *a, **k: (pid + 1) * 1e-4
+policy.drafting_cost_model = lambda *a, **k: ((pid + 1) * 1e-4, (pid + 1) * 1e-6)
 model = decoder.Decoder(config.preset("tiny"))
 from jaxrl.config_utils import build, load_config_file
 from jaxrl.rollout.das import RolloutConfig
@@ -200,10 +200,14 @@ def test_fitted_cost_model_is_process_0s_on_every_process(tmp_path):
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-3000:]
         fits.append(json.loads(out.split("FIT ", 1)[1]))
-    assert fits[0] == fits[1] == pytest.approx([1e-3, 1e-7, 1e-4], rel=1e-6)  # (as float32)
+    assert fits[0] == fits[1]
+    c_base, c_tok, (draft, per_row) = fits[0]
+    assert [c_base, c_tok, draft, per_row] == pytest.approx([1e-3, 1e-7, 1e-4, 1e-6],
+                                                            rel=1e-6)  # (as float32)
     with open(tmp_path / "cost_model.json") as f:
         saved = json.load(f)
-    assert [saved["c_base_s"], saved["c_tok_s"], saved["draft_s"]] == fits[0]
+    assert [saved[k] for k in ("c_base_s", "c_tok_s", "draft_s", "draft_per_row_s")] == [
+        c_base, c_tok, draft, per_row]
 
 
 def test_sigterm_saves_and_exits_then_resume_finishes(tmp_path):

@@ -119,10 +119,10 @@ def test_fitted_cost_model_is_shared_by_runs_of_the_same_shape(tmp_path, monkeyp
     """A new workdir reads the fit that an earlier run kept beside the compilation cache (its
     numbers are constants of the compiled rollout), and keeps a copy for its own resume."""
     fits = iter([(1.0, 0.5), (2.0, 0.25), (3.0, 0.125)])
-    drafts = iter([0.75])
+    drafts = iter([(0.75, 0.001)])
     monkeypatch.setattr(policy, "verification_timer", lambda model, mesh: None)
     monkeypatch.setattr(policy, "measure_cost_model", lambda *args: next(fits))
-    monkeypatch.setattr(policy, "drafting_seconds", lambda *args: next(drafts))
+    monkeypatch.setattr(policy, "drafting_cost_model", lambda *args: next(drafts))
     model = Decoder(preset("tiny"))
     spec = rollout_config()
     fit = lambda run, shared, drafting=(): policy.fitted_cost_model(  # noqa: E731
@@ -134,7 +134,24 @@ def test_fitted_cost_model_is_shared_by_runs_of_the_same_shape(tmp_path, monkeyp
     assert fit("c", "") == (2.0, 0.25, None)  # nothing shared: measured anew
     # Drafting timed; its shapes are part of the key, so the fits above are not reused.
     assert fit("d", shared, (spec, 4, 20, 30)) == fit("e", shared, (spec, 4, 20, 30)) == (
-        3.0, 0.125, 0.75)
+        3.0, 0.125, (0.75, 0.001))
+
+
+def test_drafting_cost_is_a_line_through_the_full_and_an_eighth_bucket(monkeypatch):
+    """`drafting_cost_model` times drafting for all 32 rows and for 4 of them (the corpus is
+    the whole batch's either way) and returns the line through the two: here 0.25 s + 0.0625
+    s per row, exact in binary."""
+    timed = []
+
+    def seconds(spec, rows, batch, group, prompt_len, max_new_tokens):
+        timed.append((rows, batch))
+        return 0.25 + 0.0625 * rows
+
+    monkeypatch.setattr(policy, "drafting_seconds", seconds)
+    assert policy.drafting_cost_model(None, 32, 4, 10, 24) == (0.25, 0.0625)
+    assert sorted(timed) == [(4, 32), (32, 32)]
+    timed.clear()
+    assert policy.drafting_cost_model(None, 1, 1, 10, 24) == (0.3125, 0.0)  # one bucket: flat
 
 
 def test_timers_run_the_rollout_shapes_in_a_loop():
@@ -145,7 +162,8 @@ def test_timers_run_the_rollout_shapes_in_a_loop():
     forward = policy.verification_timer(model, layout(), context=16)
     for rows, k in ((4, 0), (2, 4)):
         assert 0 < forward(rows, k) < 60
-    assert 0 < policy.drafting_seconds(spec, 8, 4, 10, 24) < 60
+    for rows in (8, 2):
+        assert 0 < policy.drafting_seconds(spec, rows, 8, 4, 10, 24) < 60
 
 
 def test_fixed_sum_does_not_depend_on_the_order_of_additions():

@@ -104,6 +104,7 @@ NO_FREE = dict(widths=(0, 4), compaction=False, class_budgets=(0, 8, 16), verify
 @pytest.mark.parametrize("overrides,cls,drafts", [
     (dict(cost_base=0.0), MEDIUM, False),  # cost per token only: no draft can pay, in any bucket
     (dict(draft_cost=100.0), MEDIUM, False),  # drafting costs 100 passes
+    (dict(draft_cost_per_row=6.25), MEDIUM, False),  # so it does at 6.25 for each of 16 rows
     ({}, SHORT, False),  # the short class's budget is 0: no row can gain
     ({}, MEDIUM, True),  # the same batch with budget 8 per row drafts
 ])
@@ -150,7 +151,8 @@ def test_compaction_shrinks_buckets(model_params, widths):
         assert passes == int(np.asarray(want.lengths_B).max()) - 1
     else:  # buckets of <= 10 rows verify the widest width with no choice (policy.free_width)
         free = [policy.free_width(widths, int(r), spec.cost_base, spec.cost_per_token,
-                                  spec.draft_cost) for r in buckets]
+                                  spec.draft_cost + spec.draft_cost_per_row * int(r))
+                for r in buckets]
         assert None in free and 1 in free, buckets
         assert (np.asarray(stats.width_N)[:passes][np.equal(free, 1)] == 4).all()
 
