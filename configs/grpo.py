@@ -126,6 +126,9 @@ def get_config(arg=None):
     c.pairrl.verifier = "none"  # none (standard RL) | pairwise (PairRL) | pointwise (PointRL)
     c.pairrl.lam = 1.0  # weight of the judge rows' loss (each role a token-mean of its own)
     c.pairrl.pair_slots = 4  # pairs per prompt (never two incorrect solutions); <= G(G-1)/2
+    # True: correct-incorrect pairs fill the slots before correct-correct ones (False: a
+    # uniform subset of the eligible pairs, as the paper describes).
+    c.pairrl.mixed_pairs_first = False
     c.pairrl.judge_generations = 4  # judge rollouts per prompt (the paper: 4 of 8 rollouts),
     # a multiple of pair_slots: each pair judged judge_generations / pair_slots times
     c.pairrl.judge_max_new_tokens = 16  # "10\nRating B: 10" plus the stop token

@@ -273,7 +273,8 @@ def check_judge_positions(cfg: V1InferConfig, model, tok, questions, candidates)
     longest = 0
     for q, cands in zip(questions, candidates):
         a, b = sorted(cands, key=lambda c: len(tok.encode(c)))[-2:]
-        longest = max(longest, len(tok.encode(judge_lib.pair_prompt(q, a, b, slot))))
+        longest = max(longest, len(judge_lib.encode_prompt(
+            tok, judge_lib.pair_prompt_parts(q, a, b, slot))))
     limit = model.cfg.max_position_embeddings
     if longest + reply > limit:
         raise ValueError(f"the longest judge prompt ({longest} tokens: a problem and two "

@@ -9,8 +9,10 @@ Per step, after the generator's rollouts and their task rewards (grpo.py, unchan
    incorrect ones (the paper: this blocks the "empty solution" loop), shown in random order.
 2. `judge_prompts`: the tokens of `verify.judge.pair_prompt(problem, A, B)` (or
    `point_prompt` for PointRL) assembled from constant template pieces, tokenized once on
-   the host, and the prompt and completion token arrays, so V1-Infer later judges with the
-   very prompts the policy was trained on.
+   the host, and the prompt and completion token arrays. V1-Infer tokenizes its judge
+   prompts part by part too (`judge.encode_prompt`), so a BPE's merges across the joins
+   cannot make them differ: the policy is judged with the tokens it was trained on, as far
+   as its problem and solution texts tokenize back to its own tokens.
 3. The same model and engine write `judge_generations` judge rollouts per prompt: plain
    decoding, or DAS with `rollout.speculative` (`das.rollout_new_prompts`: each pair's judge
    prompt repeats its solutions verbatim, which the drafter can copy; the tokens are plain
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +77,7 @@ class PairRLConfig:
     verifier: str
     lam: float
     pair_slots: int
+    mixed_pairs_first: bool
     judge_generations: int
     judge_max_new_tokens: int
 
@@ -98,7 +100,8 @@ class PairRLConfig:
 
 # ---- pairs ----
 
-def select_pairs(correct_PG: jax.Array, key: jax.Array, slots: int):
+def select_pairs(correct_PG: jax.Array, key: jax.Array, slots: int,
+                 mixed_first: bool = False):
     """`(pairs_PS2, valid_PS)`: per prompt, `slots` pairs of its solutions (indices into the
     group, the one shown first at [..., 0]).
 
@@ -106,9 +109,11 @@ def select_pairs(correct_PG: jax.Array, key: jax.Array, slots: int):
     lexicographic order; those with at least one correct solution are eligible
     (correct-incorrect and correct-correct, never incorrect-incorrect); each pair draws a
     uniform priority from `key`, and the `slots` eligible pairs of lowest priority are
-    taken, a uniformly random subset. With fewer eligible pairs than slots the remaining
-    slots hold ineligible pairs and are invalid. Each chosen pair is then shown in a random
-    order (a fair coin from `key`)."""
+    taken, a uniformly random subset. With `mixed_first`, every correct-incorrect pair
+    ranks before every correct-correct one (random within each kind): the pairs whose
+    order the judge must learn fill the slots first, where a group mostly agrees. With
+    fewer eligible pairs than slots the remaining slots hold ineligible pairs and are
+    invalid. Each chosen pair is then shown in a random order (a fair coin from `key`)."""
     p, g = correct_PG.shape
     i_C, j_C = np.triu_indices(g, 1)
     if not 1 <= slots <= len(i_C):
@@ -116,7 +121,10 @@ def select_pairs(correct_PG: jax.Array, key: jax.Array, slots: int):
                          "pairs; use 1 .. that many")
     eligible_PC = correct_PG[:, i_C] | correct_PG[:, j_C]
     pick_key, order_key = jax.random.split(key)
-    priority_PC = jax.random.uniform(pick_key, eligible_PC.shape) + (~eligible_PC)
+    rank_PC = 2 * ~eligible_PC  # the draws are [0, 1): ranks never mix
+    if mixed_first:
+        rank_PC = rank_PC + (correct_PG[:, i_C] & correct_PG[:, j_C])
+    priority_PC = jax.random.uniform(pick_key, eligible_PC.shape) + rank_PC
     chosen_PS = jnp.argsort(priority_PC, axis=1)[:, :slots]
     valid_PS = jnp.take_along_axis(eligible_PC, chosen_PS, axis=1)
     first_PS, second_PS = jnp.asarray(i_C)[chosen_PS], jnp.asarray(j_C)[chosen_PS]
@@ -147,10 +155,10 @@ class JudgeTemplate:
     def make(cls, tokenizer: Tokenizer, verifier: str) -> "JudgeTemplate":
         one_of("verifier", verifier, ("pairwise", "pointwise"))
         pairwise = verifier == "pairwise"
-        # Sentinels mark where the problem and solutions go; the pieces are what is left.
-        text = (judge.pair_prompt("\0", "\1", "\2") if pairwise
-                else judge.point_prompt("\0", "\1"))
-        pieces = tuple(tuple(tokenizer.encode(t)) for t in re.split("[\0\1\2]", text))
+        # The template's constant parts, tokenized as V1-Infer's `judge.encode_prompt` does.
+        parts = (judge.pair_prompt_parts("", "", "") if pairwise
+                 else judge.point_prompt_parts("", ""))
+        pieces = tuple(tuple(tokenizer.encode(t)) for t in parts[::2])
         ratings = ([(a, b) for a in judge.RATINGS for b in judge.RATINGS] if pairwise
                    else [(r,) for r in judge.RATINGS])
         fmt = _PAIR_REPLY if pairwise else _POINT_REPLY
@@ -336,7 +344,8 @@ def judge_phase(model: Decoder, rl: grpo.RLConfig, cfg: PairRLConfig, template: 
     answer plus `format_coef < 1` times the format bonus)."""
     p, g = prompts_PL.shape[0], rl.num_generations
     correct_PG = (rewards_B >= 1.0).reshape(p, g)
-    pairs_PS2, valid_PS = select_pairs(correct_PG, state.key(_PAIR_SALT), cfg.pair_slots)
+    pairs_PS2, valid_PS = select_pairs(correct_PG, state.key(_PAIR_SALT), cfg.pair_slots,
+                                       cfg.mixed_pairs_first)
     k = 2 if template.pairwise else 1  # PointRL rates the first-shown solution of each pair
     rep = cfg.judges_per_pair
     rows_JK = (jnp.arange(p)[:, None, None] * g + pairs_PS2[..., :k]).reshape(-1, k)

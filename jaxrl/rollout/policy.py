@@ -279,8 +279,8 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
     draft_key = ()
     if drafting:
         spec, *shape = drafting
-        draft_key = ("per_row", *shape, spec.window, spec.max_match, spec.max_draft, spec.max_candidates,
-                     spec.spec_factor, spec.min_token_prob)
+        draft_key = ("per_row", *shape, spec.window, spec.max_match, spec.max_draft,
+                     spec.max_candidates, spec.spec_factor, spec.min_token_prob)
     shared = ""
     if shared_dir and jax.process_count() == 1:
         key = repr((jax.devices()[0].device_kind, model.cfg, model.attention_impl, batch,

@@ -19,8 +19,9 @@ isolates what speculation adds.
 Speculation must never cost more than it gains, so the drafter itself (corpus build + draft)
 is skipped where the same cost model, with a bucket of R rows' drafting priced at
 `draft_cost + draft_cost_per_row * R` (the corpus is built for every prompt whatever the
-bucket; contexts and drafts are per row), says no width > 0 pays: per bucket when compiled, if not even perfect drafts of the largest budget
-would pay (`policy.drafting_can_pay`: the bucket's program has no drafter), and per pass in
+bucket; contexts and drafts are per row), says no width > 0 pays: per bucket when compiled,
+if not even perfect drafts of the largest budget would pay (`policy.drafting_can_pay`: the
+bucket's program has no drafter), and per pass in
 buckets that choose their width, if this rollout's acceptance so far, applied to each live
 row's budget, predicts no gain (`policy.drafting_pays`; rows of a class with budget 0, the
 DAS paper's short class, gain nothing). Free-width buckets always draft: a branch there would

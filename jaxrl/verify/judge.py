@@ -53,21 +53,42 @@ UNPARSED_POINT = 1.0
 REASON_FIRST = "Think it through first; end with the rating lines.\n"
 
 
-def pair_prompt(problem: str, first: str, second: str, slot: str | None = "A") -> str:
-    """The pairwise judge prompt, `first` shown as solution A; it ends where the rating of
-    `slot` ("A" or "B") is to be written, or (slot None) asks for reasoning first."""
+def pair_prompt_parts(problem: str, first: str, second: str,
+                      slot: str | None = "A") -> tuple[str, ...]:
+    """`pair_prompt`'s text in parts: the template's constant text at even indices, the
+    problem and solutions A and B at odd ones (`encode_prompt` tokenizes it part by part)."""
     if slot not in ("A", "B", None):
         raise ValueError(f"slot={slot!r}; valid: 'A', 'B', None")
     tail = REASON_FIRST if slot is None else f"Rating {slot}: "
-    return (f"Problem:\n{problem}\n\nSolution A:\n{first}\n\nSolution B:\n{second}\n\n"
-            f"{PAIR_INSTRUCTION}{tail}")
+    return ("Problem:\n", problem, "\n\nSolution A:\n", first, "\n\nSolution B:\n", second,
+            f"\n\n{PAIR_INSTRUCTION}{tail}")
+
+
+def pair_prompt(problem: str, first: str, second: str, slot: str | None = "A") -> str:
+    """The pairwise judge prompt, `first` shown as solution A; it ends where the rating of
+    `slot` ("A" or "B") is to be written, or (slot None) asks for reasoning first."""
+    return "".join(pair_prompt_parts(problem, first, second, slot))
+
+
+def point_prompt_parts(problem: str, solution: str, reason: bool = False) -> tuple[str, ...]:
+    """`point_prompt`'s text in parts, as `pair_prompt_parts` (the problem and the solution
+    at odd indices)."""
+    return ("Problem:\n", problem, "\n\nSolution:\n", solution,
+            f"\n\n{POINT_INSTRUCTION}" + (REASON_FIRST if reason else "Rating: "))
 
 
 def point_prompt(problem: str, solution: str, reason: bool = False) -> str:
     """The pointwise judge prompt; it ends where the rating is to be written, or (`reason`)
     asks for reasoning first."""
-    return (f"Problem:\n{problem}\n\nSolution:\n{solution}\n\n{POINT_INSTRUCTION}"
-            + (REASON_FIRST if reason else "Rating: "))
+    return "".join(point_prompt_parts(problem, solution, reason))
+
+
+def encode_prompt(tokenizer: Tokenizer, parts: tuple[str, ...]) -> list[int]:
+    """A judge prompt's tokens, each part tokenized on its own: the tokens PairRL trains on
+    (rl/pairrl.py joins the template's tokens with the problem's and the solutions' own), so
+    V1-Infer judges with them too. A BPE tokenizer can merge across a join (a problem that
+    ends in a newline, then the template's two), so the text tokenized whole can differ."""
+    return [i for part in parts for i in tokenizer.encode(part)]
 
 
 _NUMBER = r"(\d+(?:\.\d+)?)(?:\s*/\s*10\b)?"
@@ -242,8 +263,8 @@ class ModelJudge:
                                 for s in "AB"]
             self.point_tokens = RatingTokens.from_tokenizer(tokenizer, "\nRating: ")
 
-    def _batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-        rows = [self.tokenizer.encode(t) for t in texts]
+    def _batch(self, prompts: list[tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray, int]:
+        rows = [encode_prompt(self.tokenizer, parts) for parts in prompts]
         n = len(rows)
         rows += [[self.tokenizer.pad_id]] * (_round_up(n, self.row_multiple) - n)
         lengths_B = np.asarray([len(r) for r in rows], np.int32)
@@ -254,7 +275,7 @@ class ModelJudge:
         self.stats.prompt_tokens += int(lengths_B[:n].sum())
         return prompts_BL, lengths_B, n
 
-    def _chunks(self, texts: list[str], fn) -> list:
+    def _chunks(self, texts: list, fn) -> list:
         """`fn` on consecutive chunks of at most `max_rows` prompts, results concatenated:
         prefill attention holds [rows, heads, T, T] scores, so judge prompts (which carry
         two solutions) over many calls do not fit one device call."""
@@ -268,10 +289,10 @@ class ModelJudge:
             return tuple(map(jnp.asarray, arrays))
         return sharding.shard_batch(arrays, self.layout)
 
-    def _generate(self, texts: list[str]) -> list[str]:
+    def _generate(self, texts: list[tuple[str, ...]]) -> list[str]:
         return self._chunks(texts, self._generate_rows)
 
-    def _generate_rows(self, texts: list[str]) -> list[str]:
+    def _generate_rows(self, texts: list[tuple[str, ...]]) -> list[str]:
         prompts_BL, lengths_B, n = self._batch(texts)
         b = len(lengths_B)
         uids_B = np.arange(self.next_uid, self.next_uid + b, dtype=np.int32)
@@ -284,7 +305,7 @@ class ModelJudge:
         self.stats.generated_tokens += int(lengths[:n].sum())
         return [self.tokenizer.decode(tokens_BN[i, :lengths[i]].tolist()) for i in range(n)]
 
-    def _expected(self, texts: list[str], tokens: RatingTokens) -> np.ndarray:
+    def _expected(self, texts: list[tuple[str, ...]], tokens: RatingTokens) -> np.ndarray:
         return np.asarray(self._chunks(texts, lambda t: self._expected_rows(t, tokens)))
 
     def _expected_rows(self, texts: list[str], tokens: RatingTokens) -> np.ndarray:
@@ -299,10 +320,11 @@ class ModelJudge:
         texts = [(self.problems[p], self.candidates[p][f], self.candidates[p][s])
                  for p, f, s in zip(p_C, first_C, second_C)]
         if self.mode == "logits":
-            return np.stack([self._expected([pair_prompt(*t, slot) for t in texts], tokens)
+            return np.stack([self._expected([pair_prompt_parts(*t, slot) for t in texts],
+                                            tokens)
                              for slot, tokens in zip("AB", self.pair_tokens)], -1)
         slot, lead = (None, "") if self.reason else ("A", "Rating A: ")
-        replies = self._generate([pair_prompt(*t, slot) for t in texts])
+        replies = self._generate([pair_prompt_parts(*t, slot) for t in texts])
         parsed = [parse_pair_ratings(lead + reply, last=self.reason) for reply in replies]
         self.stats.unparseable += sum(r is None for r in parsed)
         return np.asarray([UNPARSED_PAIR if r is None else r for r in parsed], np.float64)
@@ -335,7 +357,7 @@ class ModelJudge:
         p_C, r_C = np.nonzero(cands_PR >= 0)
         if not len(p_C):
             return ratings_PR
-        texts = [point_prompt(self.problems[p], self.candidates[p][c], self.reason)
+        texts = [point_prompt_parts(self.problems[p], self.candidates[p][c], self.reason)
                  for p, c in zip(p_C, cands_PR[p_C, r_C])]
         if self.mode == "logits":
             ratings_C = self._expected(texts, self.point_tokens)

@@ -2,9 +2,8 @@
 import json
 
 import pytest
-import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from bpe import train_bpe
 from jaxrl.models.tokenizer import CharTokenizer, HFTokenizer, Tokenizer
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<|im_end|>"]  # ids 0..3, in trainer order
@@ -14,12 +13,7 @@ CORPUS = ["The answer is 42.", "What is 6 times 7?", "Let x = 3; then x + x = 6.
 
 def _write_tokenizer(path, tokenizer_config=None, generation_config=None, config=None):
     path.mkdir(exist_ok=True)
-    tokenizer = tokenizers.Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = train_bpe(CORPUS, SPECIALS)
     tokenizer.save(str(path / "tokenizer.json"))
     for name, content in [("tokenizer_config.json", tokenizer_config),
                           ("generation_config.json", generation_config), ("config.json", config)]:

@@ -10,10 +10,11 @@ import numpy as np
 import optax
 import pytest
 
+from bpe import train_bpe
 from configs import config_dict, rl_config, rollout_config, train_config
 from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder, init_params
-from jaxrl.models.tokenizer import CharTokenizer
+from jaxrl.models.tokenizer import CharTokenizer, HFTokenizer
 from jaxrl.rl import grpo, pairrl, state as state_lib
 from jaxrl.rl.sft import SFTConfig
 from jaxrl.rollout import das
@@ -73,6 +74,28 @@ def test_pair_subsets_are_uniform_and_orders_fair():
     assert abs(int((pairs_PS2[..., 0] < pairs_PS2[..., 1]).sum()) - 3000) < 232
 
 
+def test_mixed_pairs_first_fills_the_slots_with_correct_incorrect_pairs():
+    # Solutions 0, 2, 3 correct: pairs (0, 1), (1, 2), (1, 3) are correct-incorrect, (0, 2),
+    # (0, 3), (2, 3) correct-correct. 3 slots take the three mixed pairs under every key; 4
+    # take them and one correct-correct pair, each of the three equally often.
+    correct_PG = jnp.tile(jnp.asarray([[True, False, True, True]]), (600, 1))
+    mixed = [(0, 1), (1, 2), (1, 3)]
+    pairs_PS2, valid_PS = pairrl.select_pairs(correct_PG, jax.random.key(2), 3, True)
+    assert all(unordered(p, v) == mixed for p, v in zip(pairs_PS2, valid_PS))
+    pairs_PS2, valid_PS = pairrl.select_pairs(correct_PG, jax.random.key(3), 4, True)
+    extra = [sorted(set(unordered(p, v)) - set(mixed)) for p, v in zip(pairs_PS2, valid_PS)]
+    assert all(len(e) == 1 and e[0] in [(0, 2), (0, 3), (2, 3)] for e in extra)
+    # Each 200 of 600 expected, sd 11.5; 6 sd bounds.
+    for pair in [(0, 2), (0, 3), (2, 3)]:
+        assert abs(sum(e == [pair] for e in extra) - 200) < 70
+    # Uniform (the default) takes mixed pairs at their share, 3 of the 6 eligible: a mean of
+    # 0.5 over 600 groups, sd 0.0091 (hypergeometric); the bounds are 11 sd.
+    pairs_PS2, valid_PS = pairrl.select_pairs(correct_PG, jax.random.key(2), 3)
+    share = np.mean([len(set(unordered(p, v)) & set(mixed)) / 3
+                     for p, v in zip(pairs_PS2, valid_PS)])
+    assert 0.4 < share < 0.6
+
+
 def test_more_slots_than_pairs_is_refused():
     with pytest.raises(ValueError, match="pair_slots=7: a group of G=4 solutions has 6"):
         pairrl.select_pairs(jnp.ones((1, 4), bool), jax.random.key(0), 7)
@@ -108,6 +131,39 @@ def test_point_prompts_are_the_tokens_of_judge_point_prompt():
     for i in range(2):
         want = TOK.encode(judge.point_prompt(PROBLEMS[i], SOLUTIONS_A[i]))
         assert np.asarray(prompts_BT[i, :int(lengths_B[i])]).tolist() == want
+
+
+def test_bpe_judge_prompts_are_v1_infers_tokens_and_every_reply_parses():
+    """With a byte-level BPE trained on judge prompts (so it merges runs of newlines), the
+    tokens PairRL builds (the template's pieces joined with the problem's and solutions' own
+    tokens) are exactly those V1-Infer's judge feeds the model (`judge.encode_prompt`) and
+    decode to `judge.pair_prompt`'s text. The text tokenized whole is different (the
+    problem's last newline merges with the template's next two), which is why V1-Infer
+    tokenizes part by part. Every well-formed reply parses under the BPE template."""
+    replies = [f"{a}\nRating B: {b}" for a in judge.RATINGS for b in judge.RATINGS]
+    corpus = [judge.pair_prompt(p, a, b) + r for p, a, b in zip(PROBLEMS, SOLUTIONS_A,
+                                                                SOLUTIONS_B) for r in replies]
+    tok = HFTokenizer(train_bpe(corpus, ["<pad>", "</s>"], vocab_size=400), (1,), 0)
+    template = pairrl.JudgeTemplate.make(tok, "pairwise")
+    rows = lambda texts: batches.pad_rows([tok.encode(t) for t in texts], 40, 0)  # noqa: E731
+    (problems_BL, plen_B), a, b = rows(PROBLEMS), rows(SOLUTIONS_A), rows(SOLUTIONS_B)
+    prompts_BT, lengths_B = pairrl.judge_prompts(template, problems_BL, plen_B, [a, b], 0)
+    whole_differs = False
+    for i in range(len(PROBLEMS)):
+        parts = judge.pair_prompt_parts(PROBLEMS[i], SOLUTIONS_A[i], SOLUTIONS_B[i])
+        want = judge.encode_prompt(tok, parts)
+        got = np.asarray(prompts_BT[i, :int(lengths_B[i])]).tolist()
+        assert got == want
+        assert tok.decode(got) == "".join(parts) == judge.pair_prompt(*parts[1::2])
+        whole_differs |= tok.encode("".join(parts)) != want
+    assert whole_differs
+    tokens_BN, reply_len_B = batches.pad_rows([tok.encode(r) + [1] for r in replies], 16, 0)
+    ratings_BK, parsed_B = pairrl.parse_ratings(template, jnp.asarray(tokens_BN),
+                                                jnp.asarray(reply_len_B),
+                                                jnp.ones(len(replies), bool))
+    assert bool(parsed_B.all())
+    assert np.asarray(ratings_BK).tolist() == [[float(a), float(b)] for a in judge.RATINGS
+                                               for b in judge.RATINGS]
 
 
 # ---- ratings ----
@@ -232,7 +288,8 @@ def step_of(verifier="none", lam=1.0, split=False, rollout=None):
     rollout = rollout or rollout_config(speculative=False)
     if verifier == "none":
         return grpo.make_step(MODEL, rl, rollout, EvenFirstToken(), **kw)
-    cfg = pairrl.PairRLConfig(verifier=verifier, lam=lam, pair_slots=4, judge_generations=4,
+    cfg = pairrl.PairRLConfig(verifier=verifier, lam=lam, pair_slots=4,
+                              mixed_pairs_first=False, judge_generations=4,
                               judge_max_new_tokens=16)
     return pairrl.make_step(MODEL, rl, rollout, EvenFirstToken(), cfg, TOK, prompt_len=12, **kw)
 
@@ -423,7 +480,8 @@ def test_pairrl_step_on_a_mesh_equals_one_device():
     s1, s8 = new_state(), new_state()
     where = state_lib.shardings(s8, param_axes(MODEL.cfg), lay)
     rl = rl_config(num_prompts=P, num_generations=G, num_minibatches=2)
-    cfg = pairrl.PairRLConfig(verifier="pairwise", lam=1.0, pair_slots=4, judge_generations=4,
+    cfg = pairrl.PairRLConfig(verifier="pairwise", lam=1.0, pair_slots=4,
+                              mixed_pairs_first=False, judge_generations=4,
                               judge_max_new_tokens=16)
     mesh_step = pairrl.make_step(MODEL, rl, rollout_config(speculative=False), EvenFirstToken(),
                                  cfg, TOK, prompt_len=12, max_new_tokens=N,
