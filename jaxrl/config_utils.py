@@ -48,6 +48,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return out
 
 
+def configs_dir() -> pathlib.Path:
+    """The repo's configs/ (installed editable, as the README installs)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    if not (path / "grpo.py").is_file():
+        raise SystemExit(f"no configs/grpo.py at {path}: run from a checkout of the repo "
+                         "installed with `pip install -e .`")
+    return path
+
+
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of a config file, as `--config=path:arg` would give it."""
     spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem + "_config", path)

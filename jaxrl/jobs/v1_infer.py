@@ -30,8 +30,9 @@ import time
 import jax
 import numpy as np
 
-from jaxrl import checkpoint, compilation, sharding
-from jaxrl.config_utils import at_least, build, one_of, positive
+from jaxrl import checkpoint, compilation, resume, sharding
+from jaxrl.config_utils import (at_least, build, configs_dir, load_config_file, one_of,
+                                positive)
 from jaxrl.jobs import train
 from jaxrl.models import loader
 from jaxrl.models.decoder import param_axes
@@ -176,6 +177,21 @@ def unflatten(flat: dict) -> dict:
     return out
 
 
+def with_fields_added_since(saved: dict) -> dict:
+    """A train run's saved (flat) config with every TrainConfig field it predates set to
+    configs/grpo.py's default, each named on the terminal, so that a policy trained by an
+    older jaxrl can still be evaluated: a field is added with the default that keeps the
+    behaviour from before it (e.g. `rollout.draft_cost_per_row` 0). The run's own values
+    are kept."""
+    default = build(train.TrainConfig, load_config_file(str(configs_dir() / "grpo.py")))
+    added = {k: v for k, v in resume.flatten_config(dataclasses.asdict(default)).items()
+             if k not in saved}
+    if added:
+        print("policy: the run's saved config predates "
+              + ", ".join(f"{k} (set to {v!r})" for k, v in sorted(added.items())))
+    return {**added, **saved}
+
+
 def restore_policy(cfg: V1InferConfig, layout: sharding.Layout):
     """(model, params, tokenizer) of the newest checkpoint of the train run in
     `cfg.policy_workdir`, params placed by `layout`."""
@@ -183,7 +199,7 @@ def restore_policy(cfg: V1InferConfig, layout: sharding.Layout):
     try:
         saved = dict(ckpt.restore_metadata()["config"])
         saved.pop("data.prepared", None)  # not a TrainConfig field (train.saved_config)
-        train_cfg = build(train.TrainConfig, unflatten(saved))
+        train_cfg = build(train.TrainConfig, unflatten(with_fields_added_since(saved)))
         # How attention is computed is this job's choice, not the run's architecture.
         train_cfg = dataclasses.replace(train_cfg, model=dataclasses.replace(
             train_cfg.model, prefill_attention=cfg.model.prefill_attention))

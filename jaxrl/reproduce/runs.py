@@ -19,20 +19,11 @@ import subprocess
 import sys
 import time
 
-import jaxrl
+from jaxrl.config_utils import configs_dir
 
 DONE = "reproduce_done.json"
 DETERMINISTIC = "--xla_gpu_deterministic_ops=true"
 LOG = "log.txt"
-
-
-def configs_dir() -> pathlib.Path:
-    """The repo's configs/ (installed editable, as the README installs)."""
-    path = pathlib.Path(jaxrl.__file__).resolve().parents[1] / "configs"
-    if not (path / "grpo.py").is_file():
-        raise SystemExit(f"no configs/grpo.py at {path}: run from a checkout of the repo "
-                         "installed with `pip install -e .`")
-    return path
 
 
 @dataclasses.dataclass(frozen=True)

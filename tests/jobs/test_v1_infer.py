@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import config_dict, train_config
-from jaxrl import main, resume, sharding
+from jaxrl import checkpoint, main, resume, sharding
 from jaxrl.jobs import train, v1_infer
 from jaxrl.models import loader
 from jaxrl.verify import methods
@@ -103,6 +103,30 @@ def test_policy_from_a_train_workdir(tmp_path):
     _, init, _ = loader.load(cfg.model, c.seed)
     moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), params, init)
     assert all(jax.tree.leaves(moved))  # trained params, not the random init
+
+    # A run saved by an older jaxrl lacks the fields added since: they take configs/grpo.py's
+    # defaults and are named; the run's own values stay.
+    restore_metadata = checkpoint.Checkpointer.restore_metadata
+
+    def older(self):
+        meta = restore_metadata(self)
+        config = dict(meta["config"])
+        assert config.pop("rollout.draft_cost_per_row") == 0.0
+        config["rollout.draft_cost"] = 0.5  # the run's own value
+        return {**meta, "config": config}
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint.Checkpointer, "restore_metadata", older)
+        ckpt = checkpoint.Checkpointer(str(run_dir))
+        flat = ckpt.restore_metadata()["config"]
+        ckpt.close()
+        flat.pop("data.prepared")
+        got = v1_infer.with_fields_added_since(flat)
+        assert got["rollout.draft_cost_per_row"] == 0.0 and got["rollout.draft_cost"] == 0.5
+        assert set(got) == set(flat) | {"rollout.draft_cost_per_row"}
+        _, again, _ = v1_infer.restore_policy(cfg, layout)
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), again,
+                                            params)))
 
 
 @pytest.mark.parametrize("field,value,match", [
