@@ -43,7 +43,13 @@ def test_a_failed_run_stops_the_table_naming_the_run_and_its_log(tmp_path):
     assert not (bad.workdir(tmp_path) / runs.DONE).exists()
 
 
-def test_small_tables_write_their_files_share_runs_and_das_leaves_training_unchanged(tmp_path):
+def assert_plots_and_headers(tmp_path, names):
+    for name in names:
+        assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG), name
+        assert "Device: 1 x cpu" in (tmp_path / f"{name}.md").read_text()
+
+
+def test_small_pairrl_and_v1_infer_tables_write_their_files_and_share_runs(tmp_path):
     out = str(tmp_path)
     reproduce("pairrl", f"--out={out}", "--small")
     pairrl = table_rows(tmp_path / "pairrl.md")
@@ -54,8 +60,11 @@ def test_small_tables_write_their_files_share_runs_and_das_leaves_training_uncha
     log = reproduce("v1_infer", f"--out={out}", "--small")
     assert log.count("finished earlier") == 2 and "started" not in log
     assert set(table_rows(tmp_path / "v1_infer.md")) == set(methods.METHODS)
+    assert_plots_and_headers(tmp_path, ("pairrl", "v1_infer"))
 
-    reproduce("das", f"--out={out}", "--small")
+
+def test_small_das_table_writes_its_files_and_das_leaves_training_unchanged(tmp_path):
+    reproduce("das", f"--out={tmp_path}", "--small")
     das = table_rows(tmp_path / "das.md")
     assert set(das) == {"plain", "compacted plain", "das"}
     # Equal tokens and recomputed old log-probs: every RL metric equal to plain's, exactly.
@@ -63,9 +72,7 @@ def test_small_tables_write_their_files_share_runs_and_das_leaves_training_uncha
     # DAS drafted (its acceptance is '-' where nothing was drafted): the identity held with
     # verification passes decoding rows, not one token per pass alone.
     assert das["das"][4] != "-"
-    for name in ("pairrl", "v1_infer", "das"):
-        assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG), name
-        assert "Device: 1 x cpu" in (tmp_path / f"{name}.md").read_text()
+    assert_plots_and_headers(tmp_path, ("das",))
 
 
 def test_a_named_setting_reaches_the_runs_and_an_unknown_one_is_refused(tmp_path):
