@@ -304,14 +304,15 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
         from jax.experimental import multihost_utils
         c_base, c_tok, *draft = (float(c) for c in multihost_utils.broadcast_one_to_all(
             np.asarray([c_base, c_tok, *draft])))
-    draft = tuple(draft) if drafting else None
+    draft_s, draft_per_row_s = draft if drafting else (None, None)
     fit = {"device": jax.devices()[0].device_kind, "c_base_s": c_base, "c_tok_s": c_tok,
-           "draft_s": draft and draft[0], "draft_per_row_s": draft and draft[1]}
+           "draft_s": draft_s, "draft_per_row_s": draft_per_row_s}
     for where in (path, shared):
         _write_fit(where, fit)
-    logging.info("verification cost model on %s: %.3g s + %.3g s/token, drafting %s s "
-                 "(+ s/row)", jax.devices()[0].device_kind, c_base, c_tok, draft)
-    return c_base, c_tok, draft
+    logging.info("verification cost model on %s: %.3g s + %.3g s/token, drafting %s s + "
+                 "%s s/row", jax.devices()[0].device_kind, c_base, c_tok, draft_s,
+                 draft_per_row_s)
+    return c_base, c_tok, (draft_s, draft_per_row_s) if drafting else None
 
 
 def _write_fit(path: str | None, fit: dict) -> None:
