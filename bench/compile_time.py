@@ -88,6 +88,10 @@ def child(args) -> dict:
         c1 = compilation.seconds_by_stage()
         report["phases"][name] = {"s": time.perf_counter() - t0, "cache_hits": len(hits) - h0,
                                   **{f"{k}_s": c1[k] - c0[k] for k in c1}}
+        # On stderr as each phase ends, so that a run killed by a time limit still says how
+        # far it got (the parent passes the child's stderr through).
+        print(f"[{args.child}] {name} done at {time.perf_counter() - START:.1f} s: "
+              f"{report['phases'][name]}", file=sys.stderr, flush=True)
         return out
 
     with tempfile.TemporaryDirectory() as workdir:  # the fitted cost model goes here
@@ -122,9 +126,9 @@ def main(argv=None):
         for name in ("cold", "warm"):
             proc = subprocess.run([sys.executable, "-m", "bench.compile_time", *rest,
                                    "--cache-dir", cache_dir, "--child", name],
-                                  capture_output=True, text=True)
+                                  stdout=subprocess.PIPE, text=True)  # stderr: passed through
             if proc.returncode:
-                sys.exit(f"the {name} run failed:\n{proc.stderr[-4000:]}")
+                sys.exit(f"the {name} run failed (its stderr is above)")
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"{runs[0]['device']}: python -m bench.compile_time {' '.join(rest)}")
     print("| run | to first RL step (s) | imports (s) | "

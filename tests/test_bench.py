@@ -46,3 +46,24 @@ def test_das_pass_bench_times_every_piece(tmp_path):
     assert set(row["ms"]) == {"decode_step", "verify_2", "corpus", "draft", "match",
                               "candidates", "switch", "no_switch"}
     assert all(ms > 0 for ms in row["ms"].values())
+
+
+def test_prefill_attention_bench_checks_an_implementation_against_float32(tmp_path):
+    # On CPU "xla" (jax.nn.dot_product_attention written by JAX) stands in for "cudnn": both
+    # must land within the derived bound of the float32 answer, which the bf16 reference does.
+    run_bench("prefill_attention", "--impls", "reference,xla", "--shapes", "2x16",
+              "--models", "0.5B", "--out", str(tmp_path / "a.json"))
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["passed"] and [r["impl"] for r in report["rows"]] == ["reference", "xla"]
+    for row in report["rows"]:
+        assert set(row["error"]) == {"out", "dq", "dk", "dv"}
+        assert 0 < max(row["error"].values()) and row["fwd_us"] > 0 and row["fwd_bwd_us"] > 0
+
+
+def test_decode_profile_bench_counts_the_kernels_of_a_step(tmp_path):
+    run_bench("decode_profile", "--models", "tiny", "--batches", "1", "--prompt-len", "8",
+              "--new-tokens", "4", "--gbps", "100", "--trace-dir", str(tmp_path / "t"),
+              "--out", str(tmp_path / "p.json"))
+    (row,) = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert row["kernels_per_step"] > 0 and row["wall_ms_per_step"] > 0
+    assert row["top"] and all(g["calls_per_step"] >= 0 for g in row["top"])
