@@ -58,9 +58,11 @@ def inputs(b: int, t: int, heads: tuple[int, int, int], seed: int):
     q = jax.random.normal(ks[0], (b, t, h, d), jnp.float32)
     k = jax.random.normal(ks[1], (b, t, kv, d), jnp.float32)
     v = jax.random.normal(ks[2], (b, t, kv, d), jnp.float32)
-    g = jax.random.normal(ks[3], (b, t, h * d), jnp.float32)
     pad_B = jax.random.randint(ks[4], (b,), 0, max(t // 4, 1))
     valid_BT = jnp.arange(t)[None, :] >= pad_B[:, None]
+    # Zero at padding queries, as a training loss's mask makes it: such a query sees no key,
+    # and what an implementation returns there (and back-propagates into k, v) is its own.
+    g = jax.random.normal(ks[3], (b, t, h * d), jnp.float32) * valid_BT[:, :, None]
     mask_BTS = (jnp.arange(t)[None, None, :] <= jnp.arange(t)[None, :, None]) \
         & valid_BT[:, None, :]
     return q, k, v, g, mask_BTS, valid_BT
@@ -125,6 +127,7 @@ def main(argv=None):
                 row["fwd_tflops"] = flops / row["fwd_us"] / 1e6
                 row["fwd_bwd_tflops"] = 2.5 * flops / row["fwd_bwd_us"] / 1e6
                 rows.append(row)
+                common.write_json(args.out, {**info, "rows": rows})  # a killed run keeps these
                 worst = max(row["error_over_bound"].values())
                 print(f"{model} {b}x{t} {impl:9s} fwd {row['fwd_us']:9.1f} us "
                       f"({row['fwd_tflops']:6.1f} TFLOP/s)  fwd+bwd {row['fwd_bwd_us']:9.1f} us "

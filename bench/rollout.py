@@ -154,7 +154,8 @@ def main(argv=None):
     if args.fit_cost_model:
         rows = args.pool * g
         c_base, c_tok, _ = policy.fitted_cost_model(
-            model, built.layout, rows, tuple(sorted({w for v in vs.values() for w in v.widths})), None)
+            model, built.layout, rows, tuple(sorted({w for v in vs.values() for w in v.widths})),
+            config.rollout.verify_impl, None)
         # Each variant's own drafter settings set its drafting cost (none drafts nothing).
         draft_s = {k: policy.drafting_cost_model(v, rows, g, source.prompt_len, n)
                    if v.max_draft else (0.0, 0.0) for k, v in vs.items()}

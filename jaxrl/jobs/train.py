@@ -178,7 +178,7 @@ def build(cfg: TrainConfig, mesh, workdir: str = "") -> Built:
         if rollout_cfg.fit_cost_model:
             c_base, c_tok, draft = policy.fitted_cost_model(
                 model, layout, rl.num_prompts * rl.num_generations, rollout_cfg.widths,
-                os.path.join(workdir, "cost_model.json") if workdir else None,
+                rollout_cfg.verify_impl, os.path.join(workdir, "cost_model.json") if workdir else None,
                 shared_dir=cfg.compile.cache_dir,
                 drafting=(rollout_cfg, rl.num_generations, source.prompt_len,
                           source.max_new_tokens))

@@ -6,12 +6,13 @@ rows finish, since a decode step over few rows is memory-bound and verifying mor
 per row costs almost nothing there. Each pass then picks one verification width among a
 few compiled ones by expected tokens per second under `t = c_base + c_tok * tokens`, plus
 `draft_cost + draft_cost_per_row * rows` for a pass that drafts. All four are timed on the
-device at the start of a run
-(`fitted_cost_model`), inside a jitted loop as the rollout's `while_loop` runs its passes.
+device at the start of a run (`fitted_cost_model`), inside a jitted loop as the rollout's
+`while_loop` runs its passes: the whole verification pass, forward and sampling
+(`speculative.verification_timer`), and the drafter with the branch to a width that follows
+it (`drafting_seconds`).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -23,8 +24,7 @@ import numpy as np
 from absl import logging
 
 from jaxrl import sharding
-from jaxrl.models.decoder import Decoder, init_params, param_axes
-from jaxrl.models.kv_cache import init_cache
+from jaxrl.models.decoder import Decoder
 from jaxrl.rollout import drafter
 
 SHORT, MEDIUM, LONG = 0, 1, 2
@@ -202,31 +202,11 @@ def measure_cost_model(forward, rows_list: tuple[int, ...],
     return fit_cost_model(np.asarray(tokens), np.asarray(seconds))
 
 
-def verification_timer(model: Decoder, layout: sharding.Layout, context: int = 256):
-    """`forward(rows, k)`: seconds of one cached forward of `k + 1` tokens on `rows` rows over
-    a cache of `context` filled slots, in a loop; random weights (only the time matters)."""
-    params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
-                                   param_axes(model.cfg), layout)
-
-    def body(i, carry, params):
-        cache, tokens_BT = carry
-        logits_BTV, new = model.apply({"params": params}, tokens_BT, cache=cache)
-        # The next input is this output, so no pass can be hoisted out of the loop.
-        return (new.replace(lengths_B=cache.lengths_B),
-                jnp.argmax(logits_BTV, -1).astype(jnp.int32))
-
-    def forward(rows, k):
-        cache = init_cache(model.cfg, rows, context + k + 1).replace(
-            lengths_B=jnp.full((rows,), context, jnp.int32))
-        return loop_seconds(body, (cache, jnp.zeros((rows, k + 1), jnp.int32)), params)
-
-    return forward
-
-
 def drafting_seconds(spec, rows: int, batch: int, group: int, prompt_len: int,
                      max_new_tokens: int, vocab: int = 12) -> float:
-    """Seconds of one pass's drafting (`drafter.pass_drafts`) for `rows` rows of a `batch`-row
-    batch with `spec`'s drafter settings and a full history window, in a loop. The scan reads
+    """Seconds of one pass's drafting (`drafter.pass_drafts`, then the branch to a width) for
+    `rows` rows of a `batch`-row batch with `spec`'s drafter settings and a full history
+    window, in a loop. The scan reads
     the whole padded corpus, so random tokens (from a small vocabulary, so that patterns
     recur) cost what real ones do."""
     p, n = max(batch // group, 1), max_new_tokens
@@ -240,6 +220,10 @@ def drafting_seconds(spec, rows: int, batch: int, group: int, prompt_len: int,
         t_B = jnp.full((p * group,), n // 2, jnp.int32) + i % 8  # varied: nothing hoisted
         d = drafter.pass_drafts(spec, prompts_PL, plen_P, outputs_BN, t_B, history_PRN,
                                 rows_R, budget_R)
+        # A pass that drafts then branches on the drafts to a width (`lax.switch`; on a GPU a
+        # device-to-host read of the index): priced here, with the drafts that cause it.
+        w = d.num_B[0] % len(spec.widths)
+        acc = jax.lax.switch(w, [lambda a, j=j: a + j for j in range(len(spec.widths))], acc)
         return acc + d.num_B.sum() + d.tokens_BD.sum()
 
     return loop_seconds(body, jnp.int32(0), tokens(p * group, n),
@@ -261,8 +245,9 @@ def drafting_cost_model(spec, batch: int, group: int, prompt_len: int,
 
 
 def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
-                      widths: tuple[int, ...], path: str | None, shared_dir: str = "",
-                      drafting: tuple = ()) -> tuple[float, float, tuple[float, float] | None]:
+                      widths: tuple[int, ...], verify_impl: str, path: str | None,
+                      shared_dir: str = "", drafting: tuple = ()
+                      ) -> tuple[float, float, tuple[float, float] | None]:
     """`(c_base_s, c_tok_s, draft)` timed on this device by process 0 for all processes
     (every process must compile the same width choices) and kept at `path`, so that a
     resumed run chooses the widths the interrupted one did (the tokens would not change, but
@@ -283,8 +268,10 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
                      spec.max_candidates, spec.spec_factor, spec.min_token_prob)
     shared = ""
     if shared_dir and jax.process_count() == 1:
+        # "sampled": fits that time the whole verification pass, sampling included (earlier
+        # fits timed the forward alone and are not read).
         key = repr((jax.devices()[0].device_kind, model.cfg, model.attention_impl, batch,
-                    tuple(widths), draft_key))
+                    tuple(widths), verify_impl, "sampled", draft_key))
         shared = os.path.join(os.path.expanduser(shared_dir), "jaxrl_cost_models",
                               hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
     for where in (path, shared):
@@ -296,7 +283,9 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
             draft = fit.get("draft_s")  # a fit written before the per-row term: none
             return fit["c_base_s"], fit["c_tok_s"], (
                 None if draft is None else (draft, fit.get("draft_per_row_s", 0.0)))
-    c_base, c_tok = measure_cost_model(verification_timer(model, layout),
+    from jaxrl.rollout import speculative  # it imports this module
+
+    c_base, c_tok = measure_cost_model(speculative.verification_timer(model, layout, verify_impl),
                                        (batch, max(batch // 8, 1)), widths)
     draft = (drafting_cost_model(drafting[0], batch, *drafting[1:]) if drafting
              else (-1.0, -1.0))

@@ -21,11 +21,15 @@ is skipped where the same cost model, with a bucket of R rows' drafting priced a
 `draft_cost + draft_cost_per_row * R` (the corpus is built for every prompt whatever the
 bucket; contexts and drafts are per row), says no width > 0 pays: per bucket when compiled,
 if not even perfect drafts of the largest budget would pay (`policy.drafting_can_pay`: the
-bucket's program has no drafter), and per pass in
-buckets that choose their width, if this rollout's acceptance so far, applied to each live
-row's budget, predicts no gain (`policy.drafting_pays`; rows of a class with budget 0, the
-DAS paper's short class, gain nothing). Free-width buckets always draft: a branch there would
-cost a device-to-host sync per pass, and drafts pay most in the tail.
+bucket's program has no drafter), and otherwise from the first pass at which this rollout's
+acceptance so far, applied to each live row's budget, predicts no gain
+(`policy.drafting_pays`; rows of a class with budget 0, the DAS paper's short class, gain
+nothing). Each bucket runs two loops: drafting passes while the loop's predicate, which
+includes that test, holds, then plain passes until its rows fit the next bucket. A test in
+the predicate costs nothing (the host reads the predicate after every pass anyway), where a
+per-pass `lax.cond` cost a second device-to-host sync on a GPU; the price is that a bucket
+that stopped drafting does not start again (the next bucket tests afresh, with the larger
+budgets of fewer live rows).
 
 Finished rows stop costing compute: the batch runs in buckets of B, B/2, B/4, ... rows;
 once the live rows fit the next bucket they are gathered into it (cache included), and
@@ -40,8 +44,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxrl.models.decoder import Decoder
+from jaxrl import sharding
 from jaxrl.models import kv_cache
+from jaxrl.models.decoder import Decoder, init_params, param_axes
 from jaxrl.rollout import drafter, policy
 from jaxrl.rollout.decode import Rollout, _validate
 from jaxrl.rollout.sampling import SamplingParams, position_keys, sample
@@ -78,6 +83,48 @@ class _Out:
     sample_logprobs_BN: jax.Array
     lengths_B: jax.Array
     stopped_B: jax.Array
+
+
+def verify(apply, tokens_RT: jax.Array, cache, num_R: jax.Array, t0_R: jax.Array,
+           uids_R: jax.Array, base_key: jax.Array, sampling_R: SamplingParams, impl: str):
+    """One verification pass: the policy over `tokens_RT` = [last token, k drafts] at each
+    row's cache offset, then the position-keyed samples of the k + 1 positions (t0_R + j)
+    and the longest accepted prefix of each row's first `num_R` drafts
+    (`speculative_sample`). Returns (cache, tokens_RT, accepted_R, logprobs_RT,
+    sample_logprobs_RT). The rollout's passes and the cost model's timer both run this."""
+    r, t = tokens_RT.shape
+    logits_RTV, cache = apply(tokens_RT, cache=cache)
+    t_RT = t0_R[:, None] + jnp.arange(t)
+    keys_RT2 = position_keys(base_key, jnp.repeat(uids_R, t), t_RT.reshape(-1)).reshape(r, t, 2)
+    return (cache, *speculative_sample(
+        logits_RTV, tokens_RT[:, 1:], num_R, sampling_R.temperature_B, sampling_R.top_k_B,
+        sampling_R.top_p_B, keys_RT2, impl=impl))
+
+
+def verification_timer(model: Decoder, layout, verify_impl: str, context: int = 256):
+    """`forward(rows, k)`: seconds of one verification pass (`verify`, k drafts on `rows`
+    rows over a cache of `context` filled slots, temperature 1) in a loop, as the rollout
+    runs it; random weights (only the time matters)."""
+    params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
+                                   param_axes(model.cfg), layout)
+    apply = lambda params: functools.partial(model.apply, {"params": params})  # noqa: E731
+
+    def body(i, carry, params):
+        cache, tokens_RT = carry
+        r, t = tokens_RT.shape
+        new, sampled_RT, *_ = verify(
+            apply(params), tokens_RT, cache, jnp.full((r,), t - 1, jnp.int32),
+            cache.lengths_B - context + i, jnp.arange(r), jax.random.key(0),
+            SamplingParams.make(r), verify_impl)
+        # The next input is this output, so no pass can be hoisted out of the loop.
+        return new.replace(lengths_B=cache.lengths_B), sampled_RT
+
+    def forward(rows, k):
+        cache = kv_cache.init_cache(model.cfg, rows, context + k + 1).replace(
+            lengths_B=jnp.full((rows,), context, jnp.int32))
+        return policy.loop_seconds(body, (cache, jnp.zeros((rows, k + 1), jnp.int32)), params)
+
+    return forward
 
 
 def _bucket_sizes(b: int, spec: RolloutConfig) -> list[int]:
@@ -139,29 +186,40 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
 
     def verify_pass(k, rows_R, cache, last_R, d, t0_R):
         """One forward over [last, draft_1..draft_k]; outputs padded to kmax + 1 columns."""
-        r = rows_R.shape[0]
         drafts_RK = jnp.where(jnp.arange(k) < d.num_B[:, None], d.tokens_BD[:, :k], pad_id)
-        logits_RTV, cache = apply(jnp.concatenate([last_R[:, None], drafts_RK], 1), cache=cache)
-        t_RT = t0_R[:, None] + jnp.arange(k + 1)
-        keys_RT2 = position_keys(base_key, jnp.repeat(uids_B[rows_R], k + 1),
-                                 t_RT.reshape(-1)).reshape(r, k + 1, 2)
-        s = sampling.take(rows_R)
-        tokens_RT, accepted_R, lp_RT, slp_RT = speculative_sample(
-            logits_RTV, drafts_RK, jnp.minimum(d.num_B, k), s.temperature_B, s.top_k_B,
-            s.top_p_B, keys_RT2, impl=spec.verify_impl)
+        cache, tokens_RT, accepted_R, lp_RT, slp_RT = verify(
+            apply, jnp.concatenate([last_R[:, None], drafts_RK], 1), cache,
+            jnp.minimum(d.num_B, k), t0_R, uids_B[rows_R], base_key, sampling.take(rows_R),
+            spec.verify_impl)
         pad = lambda x: jnp.pad(x, ((0, 0), (0, kmax - k)))  # noqa: E731
         return cache, pad(tokens_RT), accepted_R, pad(lp_RT), pad(slp_RT)
 
-    def one_pass(carry, size):
-        rows_R, cache, last_R, out, stats = carry
+    def budgets(carry, size):
+        """(live_R, budget_R, active) of a pass: each live row's draft budget, 0 elsewhere;
+        the batch's live rows."""
+        rows_R, _, _, out, _ = carry
         live_R = live_of(out, rows_R)
-        t0_R = out.lengths_B[rows_R]
         active = jnp.sum(~out.stopped_B & (out.lengths_B < n))
-        cost = (spec.cost_base, spec.cost_per_token)
-        budget_R = jnp.where(live_R, policy.draft_budgets(
-            class_B[rows_R], active, b, spec.class_budgets, kmax, spec.length_aware), 0)
-        draft_cost = spec.draft_cost + spec.draft_cost_per_row * size  # this bucket's
-        free = policy.free_width(spec.widths, size, *cost, draft_cost)
+        return live_R, jnp.where(live_R, policy.draft_budgets(
+            class_B[rows_R], active, b, spec.class_budgets, kmax, spec.length_aware),
+            0), active
+
+    cost = (spec.cost_base, spec.cost_per_token)
+    draft_cost_of = lambda size: spec.draft_cost + spec.draft_cost_per_row * size  # noqa: E731
+
+    def pays(carry, size):
+        """Whether drafting is expected to pay on the next pass (`policy.drafting_pays`)."""
+        live_R, budget_R, _ = budgets(carry, size)
+        stats = carry[4]
+        acceptance = policy.predicted_acceptance(stats.accepted, stats.drafted, kmax)
+        return policy.drafting_pays(budget_R, live_R, acceptance, spec.widths, size, *cost,
+                                    draft_cost_of(size))
+
+    def one_pass(carry, size, drafting):
+        rows_R, cache, last_R, out, stats = carry
+        live_R, budget_R, active = budgets(carry, size)
+        t0_R = out.lengths_B[rows_R]
+        free = policy.free_width(spec.widths, size, *cost, draft_cost_of(size))
 
         def plain():  # width 0, nothing drafted; returns what `speculate` does
             empty = drafter.Draft(jnp.full((size, kmax), drafter.SEP, jnp.int32),
@@ -188,18 +246,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
             return verified + (k_R, jnp.int32(w), jnp.int32(0),  # calibration's input:
                                policy.fixed_sum(jnp.where(live_R, forecast_R, 0.0)))  # exact
 
-        budget = policy.largest_budget(spec.class_budgets, kmax, spec.length_aware, b)
-        if not policy.drafting_can_pay(spec.widths, size, budget, *cost, draft_cost):
-            # Not even perfect drafts pay in this bucket (widths=(0,) included: compacted plain
-            # decoding, the baseline that isolates speculation): no drafter in its program.
-            result = plain()
-        elif free is not None:  # small buckets: drafting pays; no data-dependent branch
-            result = speculate()
-        else:  # the pass branches on the drafts anyway: skip drafting where it won't pay
-            acceptance = policy.predicted_acceptance(stats.accepted, stats.drafted, kmax)
-            pays = policy.drafting_pays(budget_R, live_R, acceptance, spec.widths, size, *cost,
-                                        draft_cost)
-            result = jax.lax.cond(pays, speculate, plain)
+        result = speculate() if drafting else plain()
         new_cache, tokens_RT, accepted_R, lp_RT, slp_RT, k_R, w, skip, forecast = result
 
         # Emit the accepted drafts and the bonus token, cut at a stop token and at n.
@@ -252,7 +299,18 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
             rows_R, _, _, out, stats = carry
             return (jnp.sum(live_of(out, rows_R)) > fits_next) & (stats.passes < n)
 
-        carry = jax.lax.while_loop(cond, functools.partial(one_pass, size=size), carry)
+        budget = policy.largest_budget(spec.class_budgets, kmax, spec.length_aware, b)
+        if policy.drafting_can_pay(spec.widths, size, budget, *cost, draft_cost_of(size)):
+            # Drafting passes while they are expected to pay: the test sits in the loop's
+            # own predicate, which the host reads after every pass anyway, so it costs no
+            # branch (a `lax.cond` per pass cost a second device-to-host sync on a GPU).
+            carry = jax.lax.while_loop(
+                lambda c, size=size, cond=cond: cond(c) & pays(c, size),
+                functools.partial(one_pass, size=size, drafting=True), carry)
+        # Then (or, where not even perfect drafts pay, from the start: widths=(0,) included,
+        # compacted plain decoding) plain passes until the rows fit the next bucket.
+        carry = jax.lax.while_loop(cond, functools.partial(one_pass, size=size, drafting=False),
+                                   carry)
     _, _, _, out, stats = carry
     return Rollout(out.tokens_BN, out.lengths_B, out.logprobs_BN, out.sample_logprobs_BN,
                    out.stopped_B), stats

@@ -153,7 +153,8 @@ def test_fitted_cost_model_is_kept_for_a_resumed_run(tmp_path, monkeypatch):
     cfg = train_config(speculative_config())
     layout = sharding.make_layout(cfg.mesh, cfg.sharding)
     model = loader.load(cfg.model, cfg.seed)[0]
-    fit = lambda d: policy.fitted_cost_model(model, layout, 4, (0, 4), str(d / "cost_model.json"))  # noqa: E731
+    fit = lambda d: policy.fitted_cost_model(model, layout, 4, (0, 4), "reference",
+                                               str(d / "cost_model.json"))  # noqa: E731
     assert fit(tmp_path) == fit(tmp_path) == (1e-3, 2e-7, None)
     assert fit(tmp_path / "other") == (5e-3, 9e-7, None)
 
@@ -175,7 +176,7 @@ grpo = load_config_file(sys.argv[4])
 rules = build(sharding.ShardingConfig, grpo.sharding)
 layout = sharding.make_layout({"data": -1}, rules)
 spec = build(RolloutConfig, grpo.rollout, "config.rollout")
-fit = policy.fitted_cost_model(model, layout, 4, (0, 4), workdir + "/cost_model.json",
+fit = policy.fitted_cost_model(model, layout, 4, (0, 4), "reference", workdir + "/cost_model.json",
                                drafting=(spec, 2, 8, 16))
 print("FIT", json.dumps(list(fit)))
 """

@@ -8,7 +8,7 @@ import pytest
 
 from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder
-from jaxrl.rollout import policy
+from jaxrl.rollout import policy, speculative
 from jaxrl.rollout.policy import LONG, MEDIUM, SHORT
 from configs import layout, rollout_config
 
@@ -120,13 +120,14 @@ def test_fitted_cost_model_is_shared_by_runs_of_the_same_shape(tmp_path, monkeyp
     numbers are constants of the compiled rollout), and keeps a copy for its own resume."""
     fits = iter([(1.0, 0.5), (2.0, 0.25), (3.0, 0.125)])
     drafts = iter([(0.75, 0.001)])
-    monkeypatch.setattr(policy, "verification_timer", lambda model, mesh: None)
+    monkeypatch.setattr(speculative, "verification_timer", lambda *args: None)
     monkeypatch.setattr(policy, "measure_cost_model", lambda *args: next(fits))
     monkeypatch.setattr(policy, "drafting_cost_model", lambda *args: next(drafts))
     model = Decoder(preset("tiny"))
     spec = rollout_config()
     fit = lambda run, shared, drafting=(): policy.fitted_cost_model(  # noqa: E731
-        model, None, 4, (0, 4), str(tmp_path / run / "cost_model.json"), shared_dir=shared,
+        model, None, 4, (0, 4), "reference", str(tmp_path / run / "cost_model.json"),
+        shared_dir=shared,
         drafting=drafting)
     shared = str(tmp_path / "xla")
     assert fit("a", shared) == fit("b", shared) == (1.0, 0.5, None)  # drafting not timed
@@ -159,7 +160,7 @@ def test_timers_run_the_rollout_shapes_in_a_loop():
     CPU the numbers mean nothing; the GPU's are in REPRODUCE.md)."""
     model = Decoder(preset("tiny"))
     spec = rollout_config()
-    forward = policy.verification_timer(model, layout(), context=16)
+    forward = speculative.verification_timer(model, layout(), "reference", context=16)
     for rows, k in ((4, 0), (2, 4)):
         assert 0 < forward(rows, k) < 60
     for rows in (8, 2):

@@ -58,17 +58,18 @@ CASES = [  # (P, G, temperature, top_k, top_p, spec overrides)
 ]
 
 
-def speculate_and_plain(model_params, p, g, sampling, spec, class_P):
+def speculate_and_plain(model_params, p, g, sampling, spec, class_P, history_seeds=(2, 1, 3)):
     """(plain decoding, speculative decoding, its stats) of one batch of P prompts x G."""
     model, params = model_params
     prompts_PL, lengths_P = make_prompts(p)
     prompts_BL, lengths_B = np.repeat(prompts_PL, g, 0), np.repeat(lengths_P, g)
     key = jax.random.key(1)
     want = plain(model, params, prompts_BL, lengths_B, key, sampling)
-    # History: this batch's rollouts under two other seeds and under this one (a policy
-    # whose outputs repeat exactly), so drafts are accepted in full, in part and not at all.
+    # History: by default this batch's rollouts under two other seeds and under this one (a
+    # policy whose outputs repeat exactly), so drafts are accepted in full, in part and not at
+    # all.
     history = history_from([plain(model, params, prompts_BL, lengths_B, jax.random.key(s),
-                                  sampling) for s in (2, 1, 3)], p, g)
+                                  sampling) for s in history_seeds], p, g)
     got, stats = speculative.generate(
         model, params, jnp.asarray(prompts_BL), jnp.asarray(lengths_B),
         jnp.arange(p * g, dtype=jnp.int32), key, sampling, history, jnp.asarray(class_P, jnp.int32),
@@ -119,6 +120,24 @@ def test_drafting_is_skipped_where_it_cannot_pay(model_params, overrides, cls, d
     else:
         assert int(stats.drafted) == 0 and int(stats.skipped) == passes
         assert (np.asarray(stats.width_N)[:passes] == 0).all()
+
+
+def test_a_bucket_that_stops_drafting_stays_plain(model_params):
+    # Drafting priced at one pass (draft_cost 1): with k = 4 and budget 8 it pays only while
+    # 1 + 4 * acceptance > (1 + 1 + 0.002 * 80) / (1 + 0.002 * 16), acceptance > 0.27. The
+    # history holds other seeds' rollouts only, so acceptance falls from its prior (4 of 4)
+    # below that, and from that pass on the bucket's passes are plain (the test sits in the
+    # loop's predicate: a bucket that stopped does not start again).
+    p, g = 4, 4
+    _, _, stats = speculate_and_plain(model_params, p, g, SamplingParams.make(p * g, 1.0),
+                                      rollout_config(**{**NO_FREE, "draft_cost": 1.0}),
+                                      [MEDIUM] * p, history_seeds=(2, 3))
+    passes = int(stats.passes)
+    width_N = np.asarray(stats.width_N)[:passes]
+    first_plain = int(np.argmax(width_N == 0))
+    assert width_N[0] == 4 and 0 < first_plain and int(stats.skipped) == passes - first_plain
+    assert (width_N[first_plain:] == 0).all() and int(stats.drafted) > 0
+    assert int(stats.accepted) / int(stats.drafted) < 0.27
 
 
 @pytest.mark.parametrize("widths", [(0, 4), (0,)])
