@@ -105,28 +105,37 @@ def drafting_can_pay(widths: tuple[int, ...], rows: int, budget: int, cost_base:
                for k in widths if k)
 
 
-def predicted_acceptance(accepted: jax.Array, drafted: jax.Array, prior: int) -> jax.Array:
-    """The share of the next drafts expected to be accepted: this rollout's accepted / drafted
-    so far, after `prior` drafted tokens counted as accepted, so that a rollout starts by
-    drafting and one unlucky pass does not stop it."""
-    return (accepted + prior) / (drafted + prior)
+def predicted_gain(accepted: jax.Array, drafting_row_passes: jax.Array,
+                   prior: int) -> jax.Array:
+    """Accepted draft tokens a live row is expected to gain on the next drafting pass: this
+    rollout's accepted tokens over the live rows of its drafting passes so far, after one
+    row-pass that gained `prior`, so that a rollout starts by drafting and the estimate
+    follows the record within a pass. It measures what a pass gains, draft lengths
+    included: the drafter often drafts fewer tokens than the budget (no match, or a
+    continuation below `min_token_prob`), so acceptance times the budget ran 3x high on an
+    H200 (sort, 0.8M policy: BENCHMARKS.md)."""
+    return (accepted + prior) / (drafting_row_passes + 1)
 
 
-def drafting_pays(budget_B: jax.Array, live_B: jax.Array, acceptance: jax.Array,
-                  widths: tuple[int, ...], rows: int, cost_base: float, cost_per_token: float,
+def expected_width(width_sum: jax.Array, drafting_passes: jax.Array, prior: int) -> jax.Array:
+    """The verification width the next drafting pass is expected to take: the mean width of
+    this rollout's drafting passes so far, after one pass at `prior` (the widest)."""
+    return (width_sum + prior) / (drafting_passes + 1)
+
+
+def drafting_pays(budget_B: jax.Array, live_B: jax.Array, gain: jax.Array, width: jax.Array,
+                  rows: int, cost_base: float, cost_per_token: float,
                   draft_cost: float) -> jax.Array:
-    """Whether some width k > 0 is expected to beat plain decoding on this pass, each live row
-    gaining `1 + acceptance * min(k, budget)` tokens (acceptance = accepted / drafted tokens)
-    at `pass_seconds` each: False skips the drafter. True without a width 0."""
-    if 0 not in widths:
-        return jnp.bool_(True)
+    """Whether a drafting pass is expected to beat plain decoding on this bucket of `rows`
+    rows: each live row gaining `1 + gain` tokens (`predicted_gain`, at most the live rows'
+    mean budget) at the cost of verifying `width` drafted tokens (`expected_width`) and of
+    drafting, against one token per row at a plain pass's cost: False skips the drafter."""
     live_B = live_B.astype(jnp.int32)
     n_live = jnp.sum(live_B)  # integer sums: the same on every device (`fixed_sum`)
-    plain = n_live / pass_seconds(0, rows, cost_base, cost_per_token, draft_cost)
-    best = jnp.max(jnp.stack([
-        (n_live + acceptance * jnp.sum(live_B * jnp.minimum(k, budget_B)))
-        / pass_seconds(k, rows, cost_base, cost_per_token, draft_cost) for k in widths if k]))
-    return best > plain
+    mean_budget = jnp.sum(live_B * budget_B) / jnp.maximum(n_live, 1)
+    plain = pass_seconds(0, rows, cost_base, cost_per_token, draft_cost)
+    spec = cost_base + draft_cost + cost_per_token * rows * (width + 1)
+    return (n_live > 0) & ((1 + jnp.minimum(gain, mean_budget)) * plain > spec)
 
 
 def calibration(accepted: jax.Array, forecast: jax.Array, prior: int) -> jax.Array:

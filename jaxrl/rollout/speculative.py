@@ -22,9 +22,9 @@ is skipped where the same cost model, with a bucket of R rows' drafting priced a
 bucket; contexts and drafts are per row), says no width > 0 pays: per bucket when compiled,
 if not even perfect drafts of the largest budget would pay (`policy.drafting_can_pay`: the
 bucket's program has no drafter), and otherwise from the first pass at which this rollout's
-acceptance so far, applied to each live row's budget, predicts no gain
-(`policy.drafting_pays`; rows of a class with budget 0, the DAS paper's short class, gain
-nothing). Each bucket runs two loops: drafting passes while the loop's predicate, which
+record so far, the accepted tokens per live row of its drafting passes and their mean width,
+predicts no gain at this bucket's costs (`policy.drafting_pays`; rows of a class with budget
+0, the DAS paper's short class, gain nothing). Each bucket runs two loops: drafting passes while the loop's predicate, which
 includes that test, holds, then plain passes until its rows fit the next bucket. A test in
 the predicate costs nothing (the host reads the predicate after every pass anyway), where a
 per-pass `lax.cond` cost a second device-to-host sync on a GPU; the price is that a bucket
@@ -62,6 +62,7 @@ class SpecStats:
 
     passes: jax.Array  # int32: verification passes
     row_passes: jax.Array  # int32: live rows summed over passes (a plain decode's steps)
+    drafting_row_passes: jax.Array  # int32: live rows summed over the passes that drafted
     drafted: jax.Array  # int32: draft tokens verified
     accepted: jax.Array  # int32: draft tokens accepted
     forecast: jax.Array  # float32: the drafter's running probabilities of the verified drafts
@@ -175,7 +176,8 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                    first.sample_logprobs_B),
                lengths_B=jnp.ones((b,), jnp.int32), stopped_B=stopped_B)
     zeros3 = jnp.zeros((3,), jnp.int32)
-    stats = SpecStats(passes=jnp.int32(0), row_passes=jnp.int32(0), drafted=jnp.int32(0),
+    stats = SpecStats(passes=jnp.int32(0), row_passes=jnp.int32(0),
+                      drafting_row_passes=jnp.int32(0), drafted=jnp.int32(0),
                       accepted=jnp.int32(0), forecast=jnp.float32(0), drafted_C=zeros3, accepted_C=zeros3,
                       rows_C=jnp.bincount(class_B, length=3).astype(jnp.int32),
                       active_N=jnp.full((n,), -1, jnp.int32), bucket_N=jnp.zeros((n,), jnp.int32),
@@ -211,8 +213,11 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         """Whether drafting is expected to pay on the next pass (`policy.drafting_pays`)."""
         live_R, budget_R, _ = budgets(carry, size)
         stats = carry[4]
-        acceptance = policy.predicted_acceptance(stats.accepted, stats.drafted, kmax)
-        return policy.drafting_pays(budget_R, live_R, acceptance, spec.widths, size, *cost,
+        gain = policy.predicted_gain(stats.accepted, stats.drafting_row_passes, kmax)
+        drafting_passes = stats.passes - stats.skipped
+        width = policy.expected_width(jnp.sum(stats.width_N),  # 0 at skipped passes
+                                      drafting_passes, kmax)
+        return policy.drafting_pays(budget_R, live_R, gain, width, size, *cost,
                                     draft_cost_of(size))
 
     def one_pass(carry, size, drafting):
@@ -275,6 +280,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         i = stats.passes
         stats = stats.replace(
             passes=i + 1, row_passes=stats.row_passes + live_R.sum(),
+            drafting_row_passes=stats.drafting_row_passes + (1 - skip) * live_R.sum(),
             drafted=stats.drafted + drafted_R.sum(), accepted=stats.accepted + taken_R.sum(),
             forecast=stats.forecast + forecast,
             drafted_C=stats.drafted_C + drafted_R @ onehot_RC,

@@ -104,15 +104,20 @@ def test_drafting_can_pay_only_if_perfect_drafts_beat_plain_decoding():
     assert policy.drafting_can_pay((2, 4), 16, 0, 0.0, 0.002, 0.0)  # no width 0 to fall back on
 
 
-def test_drafting_pays_by_predicted_acceptance():
-    # Rows: budget 8 live, budget 0 live, dead. Cost 1 + 0.1 * tokens over 3 rows: plain gains
-    # 2 / 1.3 = 1.538; width 4 gains (1 + 4a) + 1 over 2.5, which beats it iff a > 0.4615.
+def test_drafting_pays_by_predicted_gain():
+    # Rows: budget 8 live, budget 0 live, dead. Cost 1 + 0.1 * tokens over 3 rows: a plain
+    # pass costs 1.3, one verifying width 4 costs 1 + 0.1 * 3 * 5 = 2.5, so drafting wins iff
+    # (1 + gain) * 1.3 > 2.5, gain > 0.923 (below the live rows' mean budget, 4).
     budget_B, live_B = jnp.asarray([8, 0, 8]), jnp.asarray([True, True, False])
-    pays = lambda a: bool(policy.drafting_pays(budget_B, live_B, jnp.float32(a), (0, 4), 3,  # noqa: E731
-                                               1.0, 0.1, 0.0))
-    assert pays(0.5) and not pays(0.4)
-    assert float(policy.predicted_acceptance(jnp.int32(3), jnp.int32(10), 4)) == 0.5
-    assert float(policy.predicted_acceptance(jnp.int32(0), jnp.int32(0), 4)) == 1.0
+    pays = lambda g, budget_B=budget_B, width=4.0, draft=0.0: bool(policy.drafting_pays(  # noqa: E731
+        budget_B, live_B, jnp.float32(g), jnp.float32(width), 3, 1.0, 0.1, draft))
+    assert pays(0.95) and not pays(0.9)
+    assert not pays(0.95, width=5.0)  # 1 + 0.1 * 3 * 6 = 2.8 > 1.95 * 1.3
+    assert not pays(0.95, draft=0.1)  # drafting's own cost
+    assert not pays(5.0, budget_B=jnp.asarray([0, 0, 8]))  # live rows' budgets 0: no gain
+    assert float(policy.predicted_gain(jnp.int32(3), jnp.int32(10), 4)) == np.float32(7 / 11)
+    assert float(policy.predicted_gain(jnp.int32(0), jnp.int32(0), 4)) == 4.0
+    assert float(policy.expected_width(jnp.int32(8), jnp.int32(1), 16)) == 12.0
 
 
 def test_fitted_cost_model_is_shared_by_runs_of_the_same_shape(tmp_path, monkeypatch):
