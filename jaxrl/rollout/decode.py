@@ -48,7 +48,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
     _validate(prompts_BL, prompt_lengths_B, max_new_tokens)
     if prompts_BL.shape[0] == 1 and layout is None:
         # One row runs as two copies of itself: XLA lowers a one-row matmul to a column
-        # reduction, which read the weights at about a quarter of the HBM bandwidth on an
+        # reduction, which read the weights at about a fifth of the HBM bandwidth on an
         # H200 (bench.decode_profile), where two rows get a GEMM. The tokens are the row's own
         # (position-keyed by its uid); the copy is dropped.
         twice = lambda x: jnp.concatenate([x, x])  # noqa: E731

@@ -112,8 +112,7 @@ def predicted_gain(accepted: jax.Array, drafting_row_passes: jax.Array,
     row-pass that gained `prior`, so that a rollout starts by drafting and the estimate
     follows the record within a pass. It measures what a pass gains, draft lengths
     included: the drafter often drafts fewer tokens than the budget (no match, or a
-    continuation below `min_token_prob`), so acceptance times the budget ran 3x high on an
-    H200 (sort, 0.8M policy: BENCHMARKS.md)."""
+    continuation below `min_token_prob`), where acceptance times the budget overstates it."""
     return (accepted + prior) / (drafting_row_passes + 1)
 
 
