@@ -8,7 +8,9 @@ once more under `jax.profiler.trace` (Perfetto JSON). From the trace's GPU strea
 (the kernels as the device ran them) this reports, per decode step (the run's kernels minus
 a `max_new_tokens=1` run's, the prefill, over the N - 1 steps):
 
-- wall ms per step (the same subtraction on the wall clock), kernel-busy ms per step and
+- wall ms per step (the same subtraction on the wall clock, each the best of 3 runs; on a
+  loaded host the difference of two short runs can even come out negative), kernel-busy ms
+  per step and
   their difference, the idle device time (launch gaps, the loop's host round trip);
 - kernels launched per step;
 - the kernels that take the most time, grouped by name (XLA names a fusion after its
@@ -31,7 +33,6 @@ import json
 import os
 import re
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -82,10 +83,7 @@ def group_name(name: str) -> str:
 
 
 def profile(run, trace_dir: str) -> dict:
-    jax.block_until_ready(run())  # compiled and warm
-    t0 = time.perf_counter()
-    jax.block_until_ready(run())
-    wall = time.perf_counter() - t0
+    wall = min(common.time_calls(run, reps=3, warmup=1))  # the first call compiles
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
         jax.block_until_ready(run())
     events = kernel_events(trace_dir)
