@@ -214,9 +214,8 @@ def drafting_seconds(spec, rows: int, batch: int, group: int, prompt_len: int,
                      max_new_tokens: int, vocab: int = 12) -> float:
     """Seconds of one pass's drafting (`drafter.pass_drafts`, then the branch to a width) for
     `rows` rows of a `batch`-row batch with `spec`'s drafter settings and a full history
-    window, in a loop. The scan reads
-    the whole padded corpus, so random tokens (from a small vocabulary, so that patterns
-    recur) cost what real ones do."""
+    window, in a loop. The scan reads the whole padded corpus, so random tokens (from a small
+    vocabulary, so that patterns recur) cost what real ones do."""
     p, n = max(batch // group, 1), max_new_tokens
     rng = np.random.default_rng(0)
     tokens = lambda *shape: jnp.asarray(rng.integers(3, vocab, shape), jnp.int32)  # noqa: E731

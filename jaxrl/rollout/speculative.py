@@ -24,12 +24,12 @@ if not even perfect drafts of the largest budget would pay (`policy.drafting_can
 bucket's program has no drafter), and otherwise from the first pass at which this rollout's
 record so far, the accepted tokens per live row of its drafting passes and their mean width,
 predicts no gain at this bucket's costs (`policy.drafting_pays`; rows of a class with budget
-0, the DAS paper's short class, gain nothing). Each bucket runs two loops: drafting passes while the loop's predicate, which
-includes that test, holds, then plain passes until its rows fit the next bucket. A test in
-the predicate costs nothing (the host reads the predicate after every pass anyway), where a
-per-pass `lax.cond` cost a second device-to-host sync on a GPU; the price is that a bucket
-that stopped drafting does not start again (the next bucket tests afresh, with the larger
-budgets of fewer live rows).
+0, the DAS paper's short class, gain nothing). Each bucket runs two loops: drafting passes
+while the loop's predicate, which includes that test, holds, then plain passes until its
+rows fit the next bucket. A test in the predicate costs nothing (the host reads the
+predicate after every pass anyway), where a per-pass `lax.cond` cost a second device-to-host
+sync on a GPU; the price is that a bucket that stopped drafting does not start again (the
+next bucket tests afresh, with the larger budgets of fewer live rows).
 
 Finished rows stop costing compute: the batch runs in buckets of B, B/2, B/4, ... rows;
 once the live rows fit the next bucket they are gathered into it (cache included), and

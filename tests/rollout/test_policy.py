@@ -109,8 +109,10 @@ def test_drafting_pays_by_predicted_gain():
     # pass costs 1.3, one verifying width 4 costs 1 + 0.1 * 3 * 5 = 2.5, so drafting wins iff
     # (1 + gain) * 1.3 > 2.5, gain > 0.923 (below the live rows' mean budget, 4).
     budget_B, live_B = jnp.asarray([8, 0, 8]), jnp.asarray([True, True, False])
-    pays = lambda g, budget_B=budget_B, width=4.0, draft=0.0: bool(policy.drafting_pays(  # noqa: E731
-        budget_B, live_B, jnp.float32(g), jnp.float32(width), 3, 1.0, 0.1, draft))
+    def pays(g, budget_B=budget_B, width=4.0, draft=0.0):
+        return bool(policy.drafting_pays(budget_B, live_B, jnp.float32(g), jnp.float32(width),
+                                         3, 1.0, 0.1, draft))
+
     assert pays(0.95) and not pays(0.9)
     assert not pays(0.95, width=5.0)  # 1 + 0.1 * 3 * 6 = 2.8 > 1.95 * 1.3
     assert not pays(0.95, draft=0.1)  # drafting's own cost
