@@ -6,6 +6,7 @@ Run every benchmark from the repository root as a module, `python -m bench.NAME`
     times_s = time_calls(fn, reps=20, warmup=3, inputs=[(x,), (y,)])   # wall s per call
     us = device_us(chain(step), args)       # device time of one call, dispatch cancelled
     hbm = hbm_bandwidth(gib)                # {"read_gbps", "copy_gbps", "gbps", ...}
+    prof = profile(run, trace_dir)          # wall, busy, kernels and kernel groups of run()
     write_json(path, report)                # atomic: a killed run keeps the last whole file
     info = run_info("rollout", argv)        # command, date, host, device, versions
     cfg = train_config("task=sort", {"rl.learning_rate": 1e-5})   # configs/grpo.py + overrides
@@ -16,12 +17,16 @@ and must not load JAX next to torch.
 """
 from __future__ import annotations
 
+import collections
 import datetime
+import glob
+import gzip
 import importlib.metadata
 import json
 import os
 import pathlib
 import platform
+import re
 import shlex
 import statistics
 import time
@@ -119,6 +124,54 @@ def probe_gib(arg: float | None) -> float:
     if arg is not None:
         return arg
     return 1 / 16 if jax.default_backend() == "cpu" else 4.0
+
+
+# ---- profiling ----
+
+def kernel_events(trace_dir: str) -> list[dict]:
+    """The complete events of the device's stream rows in the newest Perfetto trace under
+    `trace_dir` (on CPU, where there is no device row, the host's XLA op rows)."""
+    path = max(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
+                         recursive=True), key=os.path.getmtime)
+    with gzip.open(path) as f:
+        events = json.load(f)["traceEvents"]
+    procs, threads = {}, {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "process_name":
+            procs[e["pid"]] = e["args"]["name"]
+        elif e.get("ph") == "M" and e.get("name") == "thread_name":
+            threads[(e["pid"], e["tid"])] = e["args"]["name"]
+    device = {p for p, n in procs.items() if "/device:GPU" in n or "/device:TPU" in n}
+
+    def keep(e):
+        thread = threads.get((e["pid"], e["tid"]), "")
+        if device:  # kernels as they ran: the stream rows, not the derived op/module rows
+            return e["pid"] in device and "stream" in thread.lower()
+        return "XLAEigen" in thread
+    return [e for e in events if e.get("ph") == "X" and keep(e)]
+
+
+def group_name(name: str) -> str:
+    """A kernel's group: its name without the numeric suffixes XLA adds per instance."""
+    return re.sub(r"(_\d+)+$", "", re.sub(r"\.\d+", "", name))
+
+
+def profile(run, trace_dir: str) -> dict:
+    """`run()` timed (the best of 3 wall times after a compile call) and then run once under
+    `jax.profiler.trace`: wall ms, kernel-busy ms, kernel count and {group: [ms, calls]}."""
+    import jax
+
+    wall = min(time_calls(run, reps=3, warmup=1))  # the first call compiles
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        jax.block_until_ready(run())
+    events = kernel_events(trace_dir)
+    groups = collections.defaultdict(lambda: [0.0, 0])
+    for e in events:
+        g = groups[group_name(e["name"])]
+        g[0] += e["dur"] / 1e3  # us -> ms
+        g[1] += 1
+    return {"wall_ms": wall * 1e3, "busy_ms": sum(e["dur"] for e in events) / 1e3,
+            "kernels": len(events), "groups": dict(groups)}
 
 
 # ---- reports ----

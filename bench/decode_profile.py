@@ -26,12 +26,7 @@ Local smoke test (CPU: the host's own ops stand in for kernels):
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
-import gzip
-import json
 import os
-import re
 import sys
 
 import jax
@@ -52,48 +47,6 @@ def parse(argv):
     p.add_argument("--trace-dir", default="/tmp/decode_profile")
     p.add_argument("--out", default="decode_profile.json")
     return p.parse_args(argv)
-
-
-def kernel_events(trace_dir: str) -> list[dict]:
-    """The complete events of the device's stream rows in the newest Perfetto trace under
-    `trace_dir` (on CPU, where there is no device row, the host's XLA op rows)."""
-    path = max(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
-                         recursive=True), key=os.path.getmtime)
-    with gzip.open(path) as f:
-        events = json.load(f)["traceEvents"]
-    procs, threads = {}, {}
-    for e in events:
-        if e.get("ph") == "M" and e.get("name") == "process_name":
-            procs[e["pid"]] = e["args"]["name"]
-        elif e.get("ph") == "M" and e.get("name") == "thread_name":
-            threads[(e["pid"], e["tid"])] = e["args"]["name"]
-    device = {p for p, n in procs.items() if "/device:GPU" in n or "/device:TPU" in n}
-
-    def keep(e):
-        thread = threads.get((e["pid"], e["tid"]), "")
-        if device:  # kernels as they ran: the stream rows, not the derived op/module rows
-            return e["pid"] in device and "stream" in thread.lower()
-        return "XLAEigen" in thread
-    return [e for e in events if e.get("ph") == "X" and keep(e)]
-
-
-def group_name(name: str) -> str:
-    """A kernel's group: its name without the numeric suffixes XLA adds per instance."""
-    return re.sub(r"(_\d+)+$", "", re.sub(r"\.\d+", "", name))
-
-
-def profile(run, trace_dir: str) -> dict:
-    wall = min(common.time_calls(run, reps=3, warmup=1))  # the first call compiles
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        jax.block_until_ready(run())
-    events = kernel_events(trace_dir)
-    groups = collections.defaultdict(lambda: [0.0, 0])
-    for e in events:
-        g = groups[group_name(e["name"])]
-        g[0] += e["dur"] / 1e3  # us -> ms
-        g[1] += 1
-    return {"wall_ms": wall * 1e3, "busy_ms": sum(e["dur"] for e in events) / 1e3,
-            "kernels": len(events), "groups": dict(groups)}
 
 
 def main(argv=None):
@@ -120,8 +73,8 @@ def main(argv=None):
             run = lambda n: (lambda: generate(  # noqa: E731
                 model, params, prompts, lengths, uids, jax.random.key(0), sampling,
                 max_new_tokens=n))
-            full = profile(run(args.new_tokens), os.path.join(args.trace_dir, f"{name}_{b}"))
-            pre = profile(run(1), os.path.join(args.trace_dir, f"{name}_{b}_prefill"))
+            full = common.profile(run(args.new_tokens), os.path.join(args.trace_dir, f"{name}_{b}"))
+            pre = common.profile(run(1), os.path.join(args.trace_dir, f"{name}_{b}_prefill"))
             steps = args.new_tokens - 1
             per = lambda k: (full[k] - pre[k]) / steps  # noqa: E731
             groups = []

@@ -52,6 +52,10 @@ def parse(argv):
     return p.parse_args(argv)
 
 
+def _bf16(x):
+    return x.astype(jnp.bfloat16)
+
+
 def inputs(b: int, t: int, heads: tuple[int, int, int], seed: int):
     h, kv, d = heads
     ks = jax.random.split(jax.random.key(seed), 5)
@@ -76,9 +80,8 @@ def loss_and_grads(impl: str):
 
 def errors(impl: str, q, k, v, g, mask, valid_BT, truth) -> dict:
     """Largest |impl - float32 reference| over valid query rows: the output and each grad."""
-    bf = lambda x: x.astype(jnp.bfloat16)  # noqa: E731
-    out = jax.jit(functools.partial(attend, impl=impl))(bf(q), bf(k), bf(v), mask)
-    _, grads = loss_and_grads(impl)(bf(q), bf(k), bf(v), bf(g), mask)
+    out = jax.jit(functools.partial(attend, impl=impl))(_bf16(q), _bf16(k), _bf16(v), mask)
+    _, grads = loss_and_grads(impl)(_bf16(q), _bf16(k), _bf16(v), _bf16(g), mask)
     rows = np.asarray(valid_BT)
     got = {"out": out, "dq": grads[0], "dk": grads[1], "dv": grads[2]}
     res = {}
@@ -89,8 +92,7 @@ def errors(impl: str, q, k, v, g, mask, valid_BT, truth) -> dict:
 
 
 def timings(impl: str, q, k, v, g, mask) -> dict:
-    bf = lambda x: x.astype(jnp.bfloat16)  # noqa: E731
-    args = (bf(q), bf(k), bf(v), bf(g), mask)
+    args = (_bf16(q), _bf16(k), _bf16(v), _bf16(g), mask)
     fwd = common.chain(lambda q, i, k, v, g, m: (q + attend(q, k, v, m, impl).reshape(
         q.shape) * 1e-3).astype(q.dtype))
     grad = jax.value_and_grad(lambda q, k, v, g, m: jnp.sum(

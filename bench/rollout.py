@@ -65,6 +65,8 @@ def parse_args(argv):
     p.add_argument("--min-bucket", type=int, default=8)
     p.add_argument("--fit-cost-model", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile-dir", default="",
+                   help="profile DAS and compacted plain at the last step (Perfetto) here")
     p.add_argument("--out-dir", default="rollout_bench")
     return p.parse_args(argv)
 
@@ -189,11 +191,25 @@ def main(argv=None):
                              "rows_identical": float(same_rows.mean()),
                              "tokens_identical": float(np.mean(np.asarray(out.tokens_BN)
                                                                == np.asarray(plain.tokens_BN))),
+                             # Accepted tokens per live row of a drafting pass: what the
+                             # drafting rule predicts from (`policy.predicted_gain`).
+                             "gain_per_drafting_row": float(stats.accepted)
+                             / max(int(stats.drafting_row_passes), 1),
+                             "drafting_passes": int(stats.passes - stats.skipped),
                              **{k.removeprefix("spec/"): float(v) for k, v in m.items()}}
                 if name in ("das", "plain_compacted"):
                     profiles[name] = np.asarray(stats.active_N)[:int(stats.passes)].tolist()
+                    if args.profile_dir and step == args.warm_steps + args.steps - 1:
+                        row[name]["profile"] = pass_profile(
+                            lambda: spec_jits[name](st, *inputs),
+                            os.path.join(args.profile_dir, name), int(stats.passes))
+                        log(f"{name} profile: " + ", ".join(
+                            f"{k} {v:.4g}" for k, v in row[name]["profile"].items()
+                            if k != "top"))
                 log(f"step {step} {name}: {1e3 * secs:.1f} ms vs plain {1e3 * plain_s:.1f} ms "
                     f"= {plain_s / secs:.2f}x, passes {int(stats.passes)} vs {row['plain_passes']}, "
+                    f"drafting {row[name]['drafting_passes']}, gain per drafting row "
+                    f"{row[name]['gain_per_drafting_row']:.2f}, "
                     f"acceptance {row[name]['acceptance']:.2f}, rows identical "
                     f"{row[name]['rows_identical']:.3f}")
         report["steps"].append(row)
@@ -233,6 +249,18 @@ def main(argv=None):
         f.write(table + "\n")
     log(table)
     plot_profiles(profiles, os.path.join(args.out_dir, "active_rows.png"))
+
+
+def pass_profile(run, trace_dir: str, passes: int, top: int = 12) -> dict:
+    """One rollout under the profiler (`common.profile`), per pass: wall and kernel-busy ms,
+    kernels launched, and the kernel groups that took the most time (prefill included)."""
+    prof = common.profile(run, trace_dir)
+    groups = sorted(prof["groups"].items(), key=lambda kv: -kv[1][0])[:top]
+    return {"wall_ms_per_pass": prof["wall_ms"] / passes,
+            "busy_ms_per_pass": prof["busy_ms"] / passes,
+            "kernels_per_pass": prof["kernels"] / passes,
+            "top": [{"kernel": g, "ms_per_pass": ms / passes, "calls_per_pass": c / passes}
+                    for g, (ms, c) in groups]}
 
 
 def plot_profiles(profiles: dict, path: str) -> None:

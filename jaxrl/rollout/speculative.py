@@ -186,20 +186,21 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
     def live_of(out, rows_R):
         return ~out.stopped_B[rows_R] & (out.lengths_B[rows_R] < n)
 
-    def verify_pass(k, rows_R, cache, last_R, d, t0_R):
-        """One forward over [last, draft_1..draft_k]; outputs padded to kmax + 1 columns."""
+    def verify_pass(k, rows_R, cache, last_R, d, t0_R, width=None):
+        """One forward over [last, draft_1..draft_k]; outputs padded to `width` + 1 columns
+        (the branches of a width choice return one shape; a plain pass keeps its 1)."""
         drafts_RK = jnp.where(jnp.arange(k) < d.num_B[:, None], d.tokens_BD[:, :k], pad_id)
         cache, tokens_RT, accepted_R, lp_RT, slp_RT = verify(
             apply, jnp.concatenate([last_R[:, None], drafts_RK], 1), cache,
             jnp.minimum(d.num_B, k), t0_R, uids_B[rows_R], base_key, sampling.take(rows_R),
             spec.verify_impl)
-        pad = lambda x: jnp.pad(x, ((0, 0), (0, kmax - k)))  # noqa: E731
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, (k if width is None else width) - k)))  # noqa: E731
         return cache, pad(tokens_RT), accepted_R, pad(lp_RT), pad(slp_RT)
 
-    def budgets(carry, size):
-        """(live_R, budget_R, active) of a pass: each live row's draft budget, 0 elsewhere;
-        the batch's live rows."""
-        rows_R, _, _, out, _ = carry
+    def budgets(rows_R, out):
+        """(live_R, budget_R, active) of the next pass: each live row's draft budget, 0
+        elsewhere; the batch's live rows. Each pass computes them for the next one, whose
+        loop predicate and body both read them from the carry."""
         live_R = live_of(out, rows_R)
         active = jnp.sum(~out.stopped_B & (out.lengths_B < n))
         return live_R, jnp.where(live_R, policy.draft_budgets(
@@ -211,7 +212,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
 
     def pays(carry, size):
         """Whether drafting is expected to pay on the next pass (`policy.drafting_pays`)."""
-        live_R, budget_R, _ = budgets(carry, size)
+        live_R, budget_R, _ = carry[5]
         stats = carry[4]
         gain = policy.predicted_gain(stats.accepted, stats.drafting_row_passes, kmax)
         drafting_passes = stats.passes - stats.skipped
@@ -221,8 +222,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                                     draft_cost_of(size))
 
     def one_pass(carry, size, drafting):
-        rows_R, cache, last_R, out, stats = carry
-        live_R, budget_R, active = budgets(carry, size)
+        rows_R, cache, last_R, out, stats, (live_R, budget_R, active) = carry
         t0_R = out.lengths_B[rows_R]
         free = policy.free_width(spec.widths, size, *cost, draft_cost_of(size))
 
@@ -241,7 +241,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
                 calibration = policy.calibration(stats.accepted, stats.forecast, kmax)
                 w = policy.choose_width(d.probs_BD, live_R, spec.widths, size, *cost,
                                         calibration)
-                branches = [functools.partial(verify_pass, k) for k in spec.widths]
+                branches = [functools.partial(verify_pass, k, width=kmax) for k in spec.widths]
                 verified = jax.lax.switch(w, branches, rows_R, cache, last_R, d, t0_R)
             else:
                 w = free
@@ -255,7 +255,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         new_cache, tokens_RT, accepted_R, lp_RT, slp_RT, k_R, w, skip, forecast = result
 
         # Emit the accepted drafts and the bonus token, cut at a stop token and at n.
-        j_T = jnp.arange(kmax + 1)
+        j_T = jnp.arange(tokens_RT.shape[1])
         emit_R = jnp.minimum(accepted_R + 1, n - t0_R)  # first at n: a stop past it is not a stop
         is_stop_RT = jnp.isin(tokens_RT, stop_S) & (j_T < emit_R[:, None])
         first_stop_R = jnp.argmax(is_stop_RT, axis=1)
@@ -289,21 +289,23 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
             bucket_N=stats.bucket_N.at[i].set(size, mode="drop"),
             width_N=stats.width_N.at[i].set(jnp.asarray(spec.widths)[w], mode="drop"),
             skipped=stats.skipped + skip)
-        return rows_R, cache, last_R, out, stats
+        return rows_R, cache, last_R, out, stats, budgets(rows_R, out)
 
     sizes = _bucket_sizes(b, spec)
-    carry = (jnp.arange(b, dtype=jnp.int32), cache, first.tokens_B, out, stats)
+    rows_R = jnp.arange(b, dtype=jnp.int32)
+    carry = (rows_R, cache, first.tokens_B, out, stats, budgets(rows_R, out))
     for level, size in enumerate(sizes):
         if level:  # live rows first (stable), then as many finished ones as fill the bucket
-            rows_R, cache, last_R, out, stats = carry
-            order_R = jnp.argsort(~live_of(out, rows_R), stable=True)[:size]
-            carry = (rows_R[order_R], constrain(jax.tree.map(lambda a: a[order_R], cache)),
-                     last_R[order_R], out, stats)
+            rows_R, cache, last_R, out, stats, (live_R, _, _) = carry
+            order_R = jnp.argsort(~live_R, stable=True)[:size]
+            rows_R = rows_R[order_R]
+            carry = (rows_R, constrain(jax.tree.map(lambda a: a[order_R], cache)),
+                     last_R[order_R], out, stats, budgets(rows_R, out))
         fits_next = sizes[level + 1] if level + 1 < len(sizes) else 0
 
         def cond(carry, fits_next=fits_next):
-            rows_R, _, _, out, stats = carry
-            return (jnp.sum(live_of(out, rows_R)) > fits_next) & (stats.passes < n)
+            live_R, stats = carry[5][0], carry[4]
+            return (jnp.sum(live_R.astype(jnp.int32)) > fits_next) & (stats.passes < n)
 
         budget = policy.largest_budget(spec.class_budgets, kmax, spec.length_aware, b)
         if policy.drafting_can_pay(spec.widths, size, budget, *cost, draft_cost_of(size)):
@@ -317,6 +319,6 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         # compacted plain decoding) plain passes until the rows fit the next bucket.
         carry = jax.lax.while_loop(cond, functools.partial(one_pass, size=size, drafting=False),
                                    carry)
-    _, _, _, out, stats = carry
+    out, stats = carry[3:5]
     return Rollout(out.tokens_BN, out.lengths_B, out.logprobs_BN, out.sample_logprobs_BN,
                    out.stopped_B), stats
