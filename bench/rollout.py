@@ -39,7 +39,7 @@ from jaxrl.jobs import train
 from jaxrl.models.config import PRESETS
 from jaxrl.models.decoder import Decoder
 from jaxrl.rl import grpo
-from jaxrl.rollout import das, drafter, policy
+from jaxrl.rollout import das, drafter, policy, speculative
 
 
 def parse_args(argv):
@@ -159,8 +159,9 @@ def main(argv=None):
             model, built.layout, rows, tuple(sorted({w for v in vs.values() for w in v.widths})),
             config.rollout.verify_impl, None)
         # Each variant's own drafter settings set its drafting cost (none drafts nothing).
-        draft_s = {k: policy.drafting_cost_model(v, rows, g, source.prompt_len, n)
-                   if v.max_draft else (0.0, 0.0) for k, v in vs.items()}
+        draft_s = {k: speculative.drafting_cost_model(
+            Decoder(model.cfg, attention_impl=v.attention_impl), built.layout, v, rows, g,
+            source.prompt_len, n, c_tok) if v.max_draft else (0.0, 0.0) for k, v in vs.items()}
         report["cost_model"] = {"c_base_s": c_base, "c_tok_s": c_tok, "draft_s": draft_s}
         log(f"cost model: {1e3 * c_base:.3f} ms + {1e6 * c_tok:.3f} us/token; drafting "
             + ", ".join(f"{k} {1e3 * d:.3f} ms + {1e6 * r:.3f} us/row"

@@ -8,8 +8,8 @@ few compiled ones by expected tokens per second under `t = c_base + c_tok * toke
 `draft_cost + draft_cost_per_row * rows` for a pass that drafts. All four are timed on the
 device at the start of a run (`fitted_cost_model`), inside a jitted loop as the rollout's
 `while_loop` runs its passes: the whole verification pass, forward and sampling
-(`speculative.verification_timer`), and the drafter with the branch to a width that follows
-it (`drafting_seconds`).
+(`speculative.verification_timer`), and a whole drafting pass of the loop against a plain
+one (`speculative.drafting_cost_model`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from absl import logging
 
 from jaxrl import sharding
 from jaxrl.models.decoder import Decoder
-from jaxrl.rollout import drafter
 
 SHORT, MEDIUM, LONG = 0, 1, 2
 CLASS_NAMES = ("short", "medium", "long")
@@ -210,47 +209,6 @@ def measure_cost_model(forward, rows_list: tuple[int, ...],
     return fit_cost_model(np.asarray(tokens), np.asarray(seconds))
 
 
-def drafting_seconds(spec, rows: int, batch: int, group: int, prompt_len: int,
-                     max_new_tokens: int, vocab: int = 12) -> float:
-    """Seconds of one pass's drafting (`drafter.pass_drafts`, then the branch to a width) for
-    `rows` rows of a `batch`-row batch with `spec`'s drafter settings and a full history
-    window, in a loop. The scan reads the whole padded corpus, so random tokens (from a small
-    vocabulary, so that patterns recur) cost what real ones do."""
-    p, n = max(batch // group, 1), max_new_tokens
-    rng = np.random.default_rng(0)
-    tokens = lambda *shape: jnp.asarray(rng.integers(3, vocab, shape), jnp.int32)  # noqa: E731
-    prompts_PL, plen_P = tokens(p, prompt_len), jnp.full((p,), prompt_len, jnp.int32)
-    rows_R = jnp.arange(rows, dtype=jnp.int32) * (p * group // rows)  # spread over prompts
-    budget_R = jnp.full((rows,), spec.max_draft, jnp.int32)
-
-    def body(i, acc, outputs_BN, history_PRN):
-        t_B = jnp.full((p * group,), n // 2, jnp.int32) + i % 8  # varied: nothing hoisted
-        d = drafter.pass_drafts(spec, prompts_PL, plen_P, outputs_BN, t_B, history_PRN,
-                                rows_R, budget_R)
-        # A pass that drafts then branches on the drafts to a width (`lax.switch`; on a GPU a
-        # device-to-host read of the index): priced here, with the drafts that cause it.
-        w = d.num_B[0] % len(spec.widths)
-        acc = jax.lax.switch(w, [lambda a, j=j: a + j for j in range(len(spec.widths))], acc)
-        return acc + d.num_B.sum() + d.tokens_BD.sum()
-
-    return loop_seconds(body, jnp.int32(0), tokens(p * group, n),
-                        tokens(p, spec.window * group, n))
-
-
-def drafting_cost_model(spec, batch: int, group: int, prompt_len: int,
-                        max_new_tokens: int) -> tuple[float, float]:
-    """`(draft_s, draft_per_row_s)`: one pass's drafting over R rows of a `batch`-row batch
-    costs `draft_s + draft_per_row_s * R`, fitted to `drafting_seconds` at R = batch and
-    batch / 8 (the corpus of every prompt is built whatever R; contexts and drafts are per
-    row, so a tail bucket's drafts cost a fraction of a full one's)."""
-    rows = sorted({batch, max(batch // 8, 1)})
-    secs = [drafting_seconds(spec, r, batch, group, prompt_len, max_new_tokens) for r in rows]
-    if len(rows) == 1:
-        return secs[0], 0.0
-    per_row = max((secs[1] - secs[0]) / (rows[1] - rows[0]), 0.0)
-    return max(secs[1] - per_row * rows[1], 0.0), per_row
-
-
 def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
                       widths: tuple[int, ...], verify_impl: str, path: str | None,
                       shared_dir: str = "", drafting: tuple = ()
@@ -258,7 +216,7 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
     """`(c_base_s, c_tok_s, draft)` timed on this device by process 0 for all processes
     (every process must compile the same width choices) and kept at `path`, so that a
     resumed run chooses the widths the interrupted one did (the tokens would not change, but
-    the speculation metrics would). `draft`, `drafting_cost_model`'s `(draft_s,
+    the speculation metrics would). `draft`, `speculative.drafting_cost_model`'s `(draft_s,
     draft_per_row_s)` at this batch, is timed when `drafting` gives its (spec, group,
     prompt_len, max_new_tokens), else None.
 
@@ -271,8 +229,11 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
     draft_key = ()
     if drafting:
         spec, *shape = drafting
-        draft_key = ("per_row", *shape, spec.window, spec.max_match, spec.max_draft,
-                     spec.max_candidates, spec.spec_factor, spec.min_token_prob)
+        # "whole_pass": drafting priced from whole passes of the loop (earlier fits timed
+        # the drafter alone and are not read).
+        draft_key = ("whole_pass", *shape, spec.window, spec.max_match, spec.max_draft,
+                     spec.max_candidates, spec.spec_factor, spec.min_token_prob,
+                     spec.class_budgets, spec.length_aware)
     shared = ""
     if shared_dir and jax.process_count() == 1:
         # "sampled": fits that time the whole verification pass, sampling included (earlier
@@ -294,8 +255,8 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
 
     c_base, c_tok = measure_cost_model(speculative.verification_timer(model, layout, verify_impl),
                                        (batch, max(batch // 8, 1)), widths)
-    draft = (drafting_cost_model(drafting[0], batch, *drafting[1:]) if drafting
-             else (-1.0, -1.0))
+    draft = (speculative.drafting_cost_model(model, layout, drafting[0], batch, *drafting[1:],
+                                             c_tok) if drafting else (-1.0, -1.0))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         c_base, c_tok, *draft = (float(c) for c in multihost_utils.broadcast_one_to_all(

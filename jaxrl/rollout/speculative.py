@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxrl import sharding
@@ -128,6 +129,86 @@ def verification_timer(model: Decoder, layout, verify_impl: str, context: int = 
     return forward
 
 
+def pass_timer(model: Decoder, layout, spec: RolloutConfig, batch: int, group: int,
+               prompt_len: int, max_new_tokens: int, vocab: int = 12):
+    """`seconds(rows, drafting)`: one pass of the rollout's loop (`_passes`' `one_pass`,
+    and after a drafting pass the drafting loop's test `pays`) over `rows` rows of a
+    `batch`-row batch, in a loop as `generate` runs it. Random weights, and prompts, outputs
+    and a full history window of random tokens from a small vocabulary, so that the drafter
+    finds matches (its scans read the whole padded corpus: random tokens cost what real
+    ones do). A drafting pass verifies the widest width through a width branch: the timer's
+    own widths and costs make `choose_width` pick it and keep the branch (`free_width`
+    None)."""
+    params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
+                                   param_axes(model.cfg), layout)
+    b, n, l, kmax = batch, max_new_tokens, prompt_len, spec.max_draft
+    p = max(b // group, 1)
+    rng = np.random.default_rng(0)
+    tokens = lambda *shape: jnp.asarray(rng.integers(3, vocab, shape), jnp.int32)  # noqa: E731
+    prompts_PL, plen_P = tokens(p, l), jnp.full((p,), l, jnp.int32)
+    history_PRN, outputs_BN = tokens(p, spec.window * group, n), tokens(b, n)
+    # Widths 0 and the widest at equal cost (c_tok too small to change a float sum): any
+    # drafted token makes the widest the best, and drafting's cost keeps the branch.
+    timing = spec.replace(widths=(0, kmax), cost_base=1.0, cost_per_token=1e-30,
+                          draft_cost=1.0, draft_cost_per_row=0.0)
+    t0 = max((n - kmax - 8) // 2, 1)  # emitted tokens before a pass; all rows stay live
+
+    def seconds(rows, drafting):
+        rows_R = jnp.arange(rows, dtype=jnp.int32) * (b // rows)  # spread over the prompts
+
+        def passes(params):
+            apply = functools.partial(model.apply, {"params": params})
+            return _passes(apply, timing, batch=b, max_new_tokens=n,
+                           stop_S=jnp.asarray((-1,), jnp.int32), pad_id=0,
+                           class_B=jnp.full((b,), policy.LONG, jnp.int32),
+                           uids_B=jnp.arange(b, dtype=jnp.int32), base_key=jax.random.key(0),
+                           sampling=SamplingParams.make(b), prompts_PL=prompts_PL,
+                           plen_P=plen_P, history_PRN=history_PRN, layout=None)
+
+        def body(i, carry, params):
+            _, pays, one_pass = passes(params)
+            _, cache, last_R, out, stats, next_R = carry
+            t = t0 + i % 8  # varied, so that nothing is hoisted out of the loop
+            out = out.replace(lengths_B=jnp.full((b,), t, jnp.int32))
+            cache = cache.replace(lengths_B=jnp.full((rows,), l + t - 1, jnp.int32))
+            carry = one_pass((rows_R, cache, last_R, out, stats, next_R), rows, drafting)
+            if drafting:  # the drafting loop's predicate, folded in so that it is computed
+                stats = carry[4]
+                carry = carry[:4] + (stats.replace(skipped=stats.skipped + pays(
+                    carry, rows).astype(jnp.int32)),) + carry[5:]
+            return carry
+
+        out = _Out(tokens_BN=outputs_BN, logprobs_BN=jnp.zeros((b, n), jnp.float32),
+                   sample_logprobs_BN=jnp.zeros((b, n), jnp.float32),
+                   lengths_B=jnp.full((b,), t0, jnp.int32), stopped_B=jnp.zeros((b,), bool))
+        cache = kv_cache.init_cache(model.cfg, rows, l + n + kmax + 1)
+        budgets = passes(params)[0]
+        init = (rows_R, cache, jnp.zeros((rows,), jnp.int32), out,
+                _fresh_stats(jnp.full((b,), policy.LONG, jnp.int32), n), budgets(rows_R, out))
+        return policy.loop_seconds(body, init, params)
+
+    return seconds
+
+
+def drafting_cost_model(model: Decoder, layout, spec: RolloutConfig, batch: int, group: int,
+                        prompt_len: int, max_new_tokens: int,
+                        cost_per_token: float) -> tuple[float, float]:
+    """`(draft_s, draft_per_row_s)`: a drafting pass over R rows costs `draft_s +
+    draft_per_row_s * R` more than a plain one, besides verifying its drafts (`cost_per_token`
+    per token, priced apart). Fitted to the passes as the loop runs them (`pass_timer`) at R
+    = batch and batch / 8, so it holds all a drafting pass adds: the corpus (built for every
+    prompt whatever R) and the drafts, the width choice and its branch, the drafting loop's
+    test and the bookkeeping of a wider pass."""
+    seconds = pass_timer(model, layout, spec, batch, group, prompt_len, max_new_tokens)
+    rows = sorted({batch, max(batch // 8, 1)})
+    extra = [seconds(r, True) - seconds(r, False) - cost_per_token * r * spec.max_draft
+             for r in rows]
+    if len(rows) == 1:
+        return max(extra[0], 0.0), 0.0
+    per_row = max((extra[1] - extra[0]) / (rows[1] - rows[0]), 0.0)
+    return max(extra[1] - per_row * rows[1], 0.0), per_row
+
+
 def _bucket_sizes(b: int, spec: RolloutConfig) -> list[int]:
     if not spec.compaction:
         return [b]
@@ -140,48 +221,29 @@ def _bucket_sizes(b: int, spec: RolloutConfig) -> list[int]:
     return sizes
 
 
-@functools.partial(jax.jit, static_argnames=("model", "spec", "max_new_tokens", "stop_tokens",
-                                             "pad_id", "group", "layout"))
-def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: jax.Array,
-             uids_B: jax.Array, base_key: jax.Array, sampling: SamplingParams,
-             history_PRN: jax.Array, class_P: jax.Array, *, spec: RolloutConfig,
-             max_new_tokens: int, stop_tokens: tuple[int, ...] = (), pad_id: int = 0,
-             group: int = 1, layout=None) -> tuple[Rollout, SpecStats]:
-    """Same tokens as `decode.generate`, drafting from each group's live outputs and from
-    `history_PRN` (the past outputs of each of the P = B / group prompts, -1 padded; rows of
-    prompt p are `p*group .. p*group+group-1`). `class_P` is each prompt's length class.
-    With a `sharding.Layout`, the KV cache is split like the rows, in every bucket."""
-    _validate(prompts_BL, prompt_lengths_B, max_new_tokens)
-    b, l = prompts_BL.shape
-    if b % group:
-        raise ValueError(f"batch {b} is not a multiple of group {group}")
-    n, g, kmax = max_new_tokens, group, spec.max_draft
-    stop_S = jnp.asarray(stop_tokens or (-1,), jnp.int32)
-    apply = functools.partial(model.apply, {"params": params})
-    group_B = jnp.arange(b, dtype=jnp.int32) // g
-    class_B = class_P[group_B]
-    prompts_PL, plen_P = prompts_BL[::g], prompt_lengths_B[::g]
-
-    constrain = (lambda c: c) if layout is None else (  # noqa: E731
-        lambda c: kv_cache.constrain(c, layout))
-    cache = constrain(kv_cache.init_cache(model.cfg, b, l + n + kmax + 1))
-    logits_B1V, cache = apply(prompts_BL, cache=cache, prefill=True,
-                              logits_at_BK=(prompt_lengths_B - 1)[:, None])
-    cache = cache.replace(lengths_B=prompt_lengths_B.astype(jnp.int32))
-    first = sample(logits_B1V[:, 0], sampling, base_key, uids_B, jnp.zeros((b,), jnp.int32))
-    stopped_B = jnp.isin(first.tokens_B, stop_S)
-    out = _Out(tokens_BN=jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(first.tokens_B),
-               logprobs_BN=jnp.zeros((b, n), jnp.float32).at[:, 0].set(first.logprobs_B),
-               sample_logprobs_BN=jnp.zeros((b, n), jnp.float32).at[:, 0].set(
-                   first.sample_logprobs_B),
-               lengths_B=jnp.ones((b,), jnp.int32), stopped_B=stopped_B)
+def _fresh_stats(class_B: jax.Array, n: int) -> SpecStats:
     zeros3 = jnp.zeros((3,), jnp.int32)
-    stats = SpecStats(passes=jnp.int32(0), row_passes=jnp.int32(0),
-                      drafting_row_passes=jnp.int32(0), drafted=jnp.int32(0),
-                      accepted=jnp.int32(0), forecast=jnp.float32(0), drafted_C=zeros3, accepted_C=zeros3,
-                      rows_C=jnp.bincount(class_B, length=3).astype(jnp.int32),
-                      active_N=jnp.full((n,), -1, jnp.int32), bucket_N=jnp.zeros((n,), jnp.int32),
-                      width_N=jnp.zeros((n,), jnp.int32), skipped=jnp.int32(0))
+    return SpecStats(passes=jnp.int32(0), row_passes=jnp.int32(0),
+                     drafting_row_passes=jnp.int32(0), drafted=jnp.int32(0),
+                     accepted=jnp.int32(0), forecast=jnp.float32(0), drafted_C=zeros3,
+                     accepted_C=zeros3, rows_C=jnp.bincount(class_B, length=3).astype(jnp.int32),
+                     active_N=jnp.full((n,), -1, jnp.int32), bucket_N=jnp.zeros((n,), jnp.int32),
+                     width_N=jnp.zeros((n,), jnp.int32), skipped=jnp.int32(0))
+
+
+def _draft_cost(spec: RolloutConfig, rows: int) -> float:
+    """The cost model's price of drafting for a bucket of `rows` rows (`cost_base`'s units)."""
+    return spec.draft_cost + spec.draft_cost_per_row * rows
+
+
+def _passes(apply, spec: RolloutConfig, *, batch: int, max_new_tokens: int, stop_S, pad_id,
+            class_B, uids_B, base_key, sampling, prompts_PL, plen_P, history_PRN, layout):
+    """The decode loop's pieces over one batch, as functions of the loop's carry `(rows_R,
+    cache, last_R, out, stats, (live_R, budget_R, active))`: `budgets(rows_R, out)` (the
+    carry's last field), `pays(carry, size)` (the drafting
+    loop's test) and `one_pass(carry, size, drafting)`. `generate` runs them in its loops
+    and `pass_timer` times them, so that the cost model prices the pass the loop runs."""
+    b, n, kmax = batch, max_new_tokens, spec.max_draft
 
     def live_of(out, rows_R):
         return ~out.stopped_B[rows_R] & (out.lengths_B[rows_R] < n)
@@ -208,7 +270,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
             0), active
 
     cost = (spec.cost_base, spec.cost_per_token)
-    draft_cost_of = lambda size: spec.draft_cost + spec.draft_cost_per_row * size  # noqa: E731
+    draft_cost_of = functools.partial(_draft_cost, spec)
 
     def pays(carry, size):
         """Whether drafting is expected to pay on the next pass (`policy.drafting_pays`)."""
@@ -291,6 +353,51 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
             skipped=stats.skipped + skip)
         return rows_R, cache, last_R, out, stats, budgets(rows_R, out)
 
+    return budgets, pays, one_pass
+
+
+@functools.partial(jax.jit, static_argnames=("model", "spec", "max_new_tokens", "stop_tokens",
+                                             "pad_id", "group", "layout"))
+def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: jax.Array,
+             uids_B: jax.Array, base_key: jax.Array, sampling: SamplingParams,
+             history_PRN: jax.Array, class_P: jax.Array, *, spec: RolloutConfig,
+             max_new_tokens: int, stop_tokens: tuple[int, ...] = (), pad_id: int = 0,
+             group: int = 1, layout=None) -> tuple[Rollout, SpecStats]:
+    """Same tokens as `decode.generate`, drafting from each group's live outputs and from
+    `history_PRN` (the past outputs of each of the P = B / group prompts, -1 padded; rows of
+    prompt p are `p*group .. p*group+group-1`). `class_P` is each prompt's length class.
+    With a `sharding.Layout`, the KV cache is split like the rows, in every bucket."""
+    _validate(prompts_BL, prompt_lengths_B, max_new_tokens)
+    b, l = prompts_BL.shape
+    if b % group:
+        raise ValueError(f"batch {b} is not a multiple of group {group}")
+    n, g, kmax = max_new_tokens, group, spec.max_draft
+    stop_S = jnp.asarray(stop_tokens or (-1,), jnp.int32)
+    apply = functools.partial(model.apply, {"params": params})
+    group_B = jnp.arange(b, dtype=jnp.int32) // g
+    class_B = class_P[group_B]
+    prompts_PL, plen_P = prompts_BL[::g], prompt_lengths_B[::g]
+
+    constrain = (lambda c: c) if layout is None else (  # noqa: E731
+        lambda c: kv_cache.constrain(c, layout))
+    cache = constrain(kv_cache.init_cache(model.cfg, b, l + n + kmax + 1))
+    logits_B1V, cache = apply(prompts_BL, cache=cache, prefill=True,
+                              logits_at_BK=(prompt_lengths_B - 1)[:, None])
+    cache = cache.replace(lengths_B=prompt_lengths_B.astype(jnp.int32))
+    first = sample(logits_B1V[:, 0], sampling, base_key, uids_B, jnp.zeros((b,), jnp.int32))
+    stopped_B = jnp.isin(first.tokens_B, stop_S)
+    out = _Out(tokens_BN=jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(first.tokens_B),
+               logprobs_BN=jnp.zeros((b, n), jnp.float32).at[:, 0].set(first.logprobs_B),
+               sample_logprobs_BN=jnp.zeros((b, n), jnp.float32).at[:, 0].set(
+                   first.sample_logprobs_B),
+               lengths_B=jnp.ones((b,), jnp.int32), stopped_B=stopped_B)
+    stats = _fresh_stats(class_B, n)
+
+    budgets, pays, one_pass = _passes(
+        apply, spec, batch=b, max_new_tokens=n, stop_S=stop_S, pad_id=pad_id,
+        class_B=class_B, uids_B=uids_B, base_key=base_key, sampling=sampling,
+        prompts_PL=prompts_PL, plen_P=plen_P, history_PRN=history_PRN, layout=layout)
+
     sizes = _bucket_sizes(b, spec)
     rows_R = jnp.arange(b, dtype=jnp.int32)
     carry = (rows_R, cache, first.tokens_B, out, stats, budgets(rows_R, out))
@@ -308,7 +415,8 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
             return (jnp.sum(live_R.astype(jnp.int32)) > fits_next) & (stats.passes < n)
 
         budget = policy.largest_budget(spec.class_budgets, kmax, spec.length_aware, b)
-        if policy.drafting_can_pay(spec.widths, size, budget, *cost, draft_cost_of(size)):
+        if policy.drafting_can_pay(spec.widths, size, budget, spec.cost_base,
+                                   spec.cost_per_token, _draft_cost(spec, size)):
             # Drafting passes while they are expected to pay: the test sits in the loop's
             # own predicate, which the host reads after every pass anyway, so it costs no
             # branch (a `lax.cond` per pass cost a second device-to-host sync on a GPU).

@@ -166,9 +166,9 @@ pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
 from jaxrl import sharding
 from jaxrl.models import config, decoder
-from jaxrl.rollout import policy
+from jaxrl.rollout import policy, speculative
 policy.measure_cost_model = lambda *a, **k: ((pid + 1) * 1e-3, (pid + 1) * 1e-7)
-policy.drafting_cost_model = lambda *a, **k: ((pid + 1) * 1e-4, (pid + 1) * 1e-6)
+speculative.drafting_cost_model = lambda *a, **k: ((pid + 1) * 1e-4, (pid + 1) * 1e-6)
 model = decoder.Decoder(config.preset("tiny"))
 from jaxrl.config_utils import build, load_config_file
 from jaxrl.rollout.das import RolloutConfig

@@ -2,6 +2,7 @@
 on hand-worked cases."""
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ def test_fitted_cost_model_is_shared_by_runs_of_the_same_shape(tmp_path, monkeyp
     drafts = iter([(0.75, 0.001)])
     monkeypatch.setattr(speculative, "verification_timer", lambda *args: None)
     monkeypatch.setattr(policy, "measure_cost_model", lambda *args: next(fits))
-    monkeypatch.setattr(policy, "drafting_cost_model", lambda *args: next(drafts))
+    monkeypatch.setattr(speculative, "drafting_cost_model", lambda *args: next(drafts))
     model = Decoder(preset("tiny"))
     spec = rollout_config()
     fit = lambda run, shared, drafting=(): policy.fitted_cost_model(  # noqa: E731
@@ -146,32 +147,62 @@ def test_fitted_cost_model_is_shared_by_runs_of_the_same_shape(tmp_path, monkeyp
 
 
 def test_drafting_cost_is_a_line_through_the_full_and_an_eighth_bucket(monkeypatch):
-    """`drafting_cost_model` times drafting for all 32 rows and for 4 of them (the corpus is
-    the whole batch's either way) and returns the line through the two: here 0.25 s + 0.0625
-    s per row, exact in binary."""
+    """`drafting_cost_model` times a drafting and a plain pass for all 32 rows and for 4 of
+    them (the corpus is the whole batch's either way), takes off the wider verification the
+    per-token cost prices (16 drafted tokens per row at 2^-10 s), and returns the line through
+    the two differences: here 0.25 s + 0.0625 s per row, exact in binary."""
     timed = []
+    c_tok, kmax = 2.0 ** -10, 16
 
-    def seconds(spec, rows, batch, group, prompt_len, max_new_tokens):
-        timed.append((rows, batch))
-        return 0.25 + 0.0625 * rows
+    def timer(model, layout, spec, batch, group, prompt_len, max_new_tokens):
+        assert spec.max_draft == kmax
 
-    monkeypatch.setattr(policy, "drafting_seconds", seconds)
-    assert policy.drafting_cost_model(None, 32, 4, 10, 24) == (0.25, 0.0625)
-    assert sorted(timed) == [(4, 32), (32, 32)]
+        def seconds(rows, drafting):
+            timed.append((rows, drafting))
+            plain = 1.0 + 2.0 ** -6 * rows
+            return plain + (0.25 + 0.0625 * rows + c_tok * rows * kmax if drafting else 0.0)
+        return seconds
+
+    monkeypatch.setattr(speculative, "pass_timer", timer)
+    spec = rollout_config(widths=(0, 4, kmax))
+    assert speculative.drafting_cost_model(None, None, spec, 32, 4, 10, 24, c_tok) == (
+        0.25, 0.0625)
+    assert sorted(timed) == [(4, False), (4, True), (32, False), (32, True)]
     timed.clear()
-    assert policy.drafting_cost_model(None, 1, 1, 10, 24) == (0.3125, 0.0)  # one bucket: flat
+    assert speculative.drafting_cost_model(None, None, spec, 1, 1, 10, 24, c_tok) == (
+        0.3125, 0.0)  # one bucket: flat
 
 
 def test_timers_run_the_rollout_shapes_in_a_loop():
-    """The verification and drafting timers compile and run their loops on these shapes (on a
-    CPU the numbers mean nothing; the GPU's are in REPRODUCE.md)."""
+    """The verification and pass timers compile and run their loops on these shapes (on a
+    CPU the numbers mean nothing; the GPU's are in BENCHMARKS.md)."""
     model = Decoder(preset("tiny"))
     spec = rollout_config()
     forward = speculative.verification_timer(model, layout(), "reference", context=16)
     for rows, k in ((4, 0), (2, 4)):
         assert 0 < forward(rows, k) < 60
+    seconds = speculative.pass_timer(model, layout(), spec, 8, 4, 10, 24)
     for rows in (8, 2):
-        assert 0 < policy.drafting_seconds(spec, rows, 8, 4, 10, 24) < 60
+        for drafting in (True, False):
+            assert 0 < seconds(rows, drafting) < 60
+
+
+def test_the_pass_timer_times_drafting_passes_at_the_widest_width(monkeypatch):
+    """What `pass_timer` loops over is the rollout's own pass: a drafting pass drafts, takes
+    the widest width through the width branch and is tested by the drafting loop's `pays`; a
+    plain pass verifies one token per row."""
+    model = Decoder(preset("tiny"))
+    spec = rollout_config(widths=(0, 2, 4))
+    loops = []
+    monkeypatch.setattr(policy, "loop_seconds", lambda body, init, *a: loops.append(
+        (body, init, a)) or 1.0)
+    seconds = speculative.pass_timer(model, layout(), spec, 8, 4, 10, 24)
+    for drafting in (True, False):
+        seconds(4, drafting)
+        body, init, args = loops.pop()
+        stats = jax.jit(lambda c, *a: body(0, c, *a))(init, *args)[4]
+        assert int(stats.passes) == 1 and int(stats.width_N[0]) == (4 if drafting else 0)
+        assert (int(stats.drafted) > 0) == drafting  # drafts made and verified
 
 
 def test_fixed_sum_does_not_depend_on_the_order_of_additions():
