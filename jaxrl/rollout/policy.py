@@ -253,8 +253,10 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
                 None if draft is None else (draft, fit.get("draft_per_row_s", 0.0)))
     from jaxrl.rollout import speculative  # it imports this module
 
+    # The line through the narrowest and widest widths at two bucket sizes: the model is
+    # linear in tokens, and each timed shape is a compile (the start of a cold run waits).
     c_base, c_tok = measure_cost_model(speculative.verification_timer(model, layout, verify_impl),
-                                       (batch, max(batch // 8, 1)), widths)
+                                       (batch, max(batch // 8, 1)), (min(widths), max(widths)))
     draft = (speculative.drafting_cost_model(model, layout, drafting[0], batch, *drafting[1:],
                                              c_tok) if drafting else (-1.0, -1.0))
     if jax.process_count() > 1:

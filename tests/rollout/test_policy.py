@@ -182,9 +182,8 @@ def test_timers_run_the_rollout_shapes_in_a_loop():
     for rows, k in ((4, 0), (2, 4)):
         assert 0 < forward(rows, k) < 60
     seconds = speculative.pass_timer(model, layout(), spec, 8, 4, 10, 24)
-    for rows in (8, 2):
-        for drafting in (True, False):
-            assert 0 < seconds(rows, drafting) < 60
+    for rows, drafting in ((8, True), (2, False)):
+        assert 0 < seconds(rows, drafting) < 60
 
 
 def test_the_pass_timer_times_drafting_passes_at_the_widest_width(monkeypatch):
