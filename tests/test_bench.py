@@ -25,9 +25,15 @@ def test_rollout_bench_variants_reproduce_plain_decoding(tmp_path):
               "--sft-steps", "2",
               "--warm-steps", "1", "--steps", "1", "--pool", "2", "--num-generations", "4",
               "--repeats", "1", "--ablations", "no_compaction", "--fit-cost-model", "0",
-              "--widths", "0,4",
+              "--widths", "0,4", "--profile-dir", str(tmp_path / "profile"),
               "--out-dir", str(tmp_path))
     report = json.loads((tmp_path / "rollout.json").read_text())
+    (step,) = report["steps"][1:]
+    for name in ("plain_compacted", "das"):  # profiled at the last step; no times checked
+        profile = step[name]["profile"]
+        assert profile["kernels_per_pass"] > 0 and profile["top"], name
+        assert 0 <= step[name]["drafting_passes"] <= step[name]["passes"]
+    assert step["plain_compacted"]["drafting_passes"] == 0
     summary = report["summary"]
     assert set(summary) == {"plain_s", "plain_compacted", "das", "no_compaction"}
     for name in ("plain_compacted", "das", "no_compaction"):
