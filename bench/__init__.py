@@ -1,6 +1,6 @@
 """Benchmarks behind BENCHMARKS.md, run from the repository root as `python -m bench.NAME`
 (decode, grpo, rollout, das_pass, kernel_sampling, kernel_attention, v1_synthetic,
-v1_judge_round, compile_time, sft_padding); `common.py` holds what they share.
+v1_judge_round, compile_time, das_compile, sft_padding); `common.py` holds what they share.
 
 `bench.grpo`, `bench.rollout` and `bench.compile_time` load `configs/grpo.py`, an
 ml-collections file; the GPU machines' image lacks ml-collections (a pure-Python wheel; its

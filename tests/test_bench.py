@@ -77,3 +77,12 @@ def test_decode_profile_bench_reads_and_groups_its_trace(tmp_path):
     assert row["top"] and all(g["kernel"] for g in row["top"])
     assert set(row) >= {"wall_ms_per_step", "busy_ms_per_step", "idle_ms_per_step",
                         "kernels_per_step", "hbm_floor_ms"}
+
+
+def test_das_compile_bench_compiles_each_variant(tmp_path):
+    run_bench("das_compile", "--preset", "tiny", "--batch", "8", "--group", "4",
+              "--new-tokens", "16", "--variants", "das,compacted", "--out",
+              str(tmp_path / "c.json"))
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["das", "compacted"]
+    assert all(r["lower_s"] > 0 and r["compile_s"] > 0 for r in rows)
