@@ -19,7 +19,8 @@ isolates what speculation adds.
 Speculation must never cost more than it gains, so the drafter itself (corpus build + draft)
 is skipped where the same cost model, with a bucket of R rows' drafting priced at
 `draft_cost + draft_cost_per_row * R` (the corpus is built for every prompt whatever the
-bucket; contexts and drafts are per row), says no width > 0 pays: per bucket when compiled,
+bucket; contexts and drafts are per row; timed as whole passes of this loop, drafting
+against plain: `drafting_cost_model`), says no width > 0 pays: per bucket when compiled,
 if not even perfect drafts of the largest budget would pay (`policy.drafting_can_pay`: the
 bucket's program has no drafter), and otherwise from the first pass at which this rollout's
 record so far, the accepted tokens per live row of its drafting passes and their mean width,
@@ -240,9 +241,9 @@ def _passes(apply, spec: RolloutConfig, *, batch: int, max_new_tokens: int, stop
             class_B, uids_B, base_key, sampling, prompts_PL, plen_P, history_PRN, layout):
     """The decode loop's pieces over one batch, as functions of the loop's carry `(rows_R,
     cache, last_R, out, stats, (live_R, budget_R, active))`: `budgets(rows_R, out)` (the
-    carry's last field), `pays(carry, size)` (the drafting
-    loop's test) and `one_pass(carry, size, drafting)`. `generate` runs them in its loops
-    and `pass_timer` times them, so that the cost model prices the pass the loop runs."""
+    carry's last field), `pays(carry, size)` (the drafting loop's test) and
+    `one_pass(carry, size, drafting)`. `generate` runs them in its loops and `pass_timer`
+    times them, so that the cost model prices the pass the loop runs."""
     b, n, kmax = batch, max_new_tokens, spec.max_draft
 
     def live_of(out, rows_R):
