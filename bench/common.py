@@ -128,9 +128,9 @@ def probe_gib(arg: float | None) -> float:
 
 # ---- profiling ----
 
-def kernel_events(trace_dir: str) -> list[dict]:
-    """The complete events of the device's stream rows in the newest Perfetto trace under
-    `trace_dir` (on CPU, where there is no device row, the host's XLA op rows)."""
+def _trace(trace_dir: str) -> tuple[list[dict], dict, dict]:
+    """The newest Perfetto trace under `trace_dir`: (events, {pid: process name},
+    {(pid, tid): thread name})."""
     path = max(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
                          recursive=True), key=os.path.getmtime)
     with gzip.open(path) as f:
@@ -141,6 +141,13 @@ def kernel_events(trace_dir: str) -> list[dict]:
             procs[e["pid"]] = e["args"]["name"]
         elif e.get("ph") == "M" and e.get("name") == "thread_name":
             threads[(e["pid"], e["tid"])] = e["args"]["name"]
+    return events, procs, threads
+
+
+def kernel_events(trace_dir: str) -> list[dict]:
+    """The complete events of the device's stream rows in the newest Perfetto trace under
+    `trace_dir` (on CPU, where there is no device row, the host's XLA op rows)."""
+    events, procs, threads = _trace(trace_dir)
     device = {p for p, n in procs.items() if "/device:GPU" in n or "/device:TPU" in n}
 
     def keep(e):
@@ -149,6 +156,23 @@ def kernel_events(trace_dir: str) -> list[dict]:
             return e["pid"] in device and "stream" in thread.lower()
         return "XLAEigen" in thread
     return [e for e in events if e.get("ph") == "X" and keep(e)]
+
+
+def host_spans(trace_dir: str, top: int) -> list[list]:
+    """The `top` host spans of the newest trace under `trace_dir` by total seconds, as
+    [name, seconds, count, threads]: XLA's own annotations (compiler passes, autotuning,
+    codegen), not Python frames (named '$file:line'). Spans nest, so totals overlap."""
+    events, procs, threads = _trace(trace_dir)
+    device = {p for p, n in procs.items() if "/device:" in n}
+    spans = collections.defaultdict(lambda: [0.0, 0, set()])
+    for e in events:
+        if e.get("ph") == "X" and e["pid"] not in device and not e["name"].startswith("$"):
+            span = spans[group_name(e["name"])]
+            span[0] += e["dur"] / 1e6
+            span[1] += 1
+            span[2].add(threads.get((e["pid"], e["tid"]), e["tid"]))
+    ranked = sorted(spans.items(), key=lambda kv: -kv[1][0])[:top]
+    return [[name, total, count, len(tids)] for name, (total, count, tids) in ranked]
 
 
 def group_name(name: str) -> str:

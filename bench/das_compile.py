@@ -6,13 +6,15 @@ lowered and compiled alone for variants of one config (widths, buckets, compacti
 
 Shapes are the main job's sort task's by default: 64 prompts x 8 rollouts, prompt 48, 433
 new tokens, widths (0, 4, 8, 16), buckets down to 8 rows, the H200's cost model for the
-0.8M policy. Random weights and inputs: the
-program, not the numbers, is what is compiled. Nothing is cached (no persistent compilation
-cache is set), so each figure is a cold compile.
+0.8M policy. Random weights and inputs: the program, not the numbers, is what is compiled.
+Nothing is cached (no persistent compilation cache is set), so each figure is a cold
+compile.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 
@@ -31,6 +33,10 @@ def parse(argv):
     p.add_argument("--new-tokens", type=int, default=433)
     p.add_argument("--variants", type=common.csv(str),
                    default=["das", "compacted", "widths_0_16", "min_bucket_64", "no_compaction"])
+    p.add_argument("--trace-dir", default="",
+                   help="trace each compile under jax.profiler here and report XLA's top "
+                        "host spans (passes, autotuning, codegen); '' = no trace")
+    p.add_argument("--top", type=int, default=25, help="host spans reported per variant")
     p.add_argument("--out", default="das_compile.json")
     return p.parse_args(argv)
 
@@ -70,13 +76,20 @@ def main(argv=None):
         lowered = speculative.generate.lower(model, params, *inputs, spec=table[name],
                                              max_new_tokens=n, stop_tokens=(5,), group=g)
         t1 = time.perf_counter()
-        lowered.compile()
+        trace_dir = os.path.join(args.trace_dir, name) if args.trace_dir else ""
+        with (jax.profiler.trace(trace_dir, create_perfetto_trace=True) if trace_dir
+              else contextlib.nullcontext()):
+            lowered.compile()
         t2 = time.perf_counter()
         row = {"variant": name, "lower_s": t1 - t0, "compile_s": t2 - t1}
-        report["rows"].append(row)
-        common.write_json(args.out, report)
         print(f"{name}: trace + lower {row['lower_s']:.1f} s, backend compile "
               f"{row['compile_s']:.1f} s", flush=True)
+        if trace_dir:  # the traced compile is slower than an untraced one, a little
+            row["host_spans"] = common.host_spans(trace_dir, args.top)
+            for span, total, count, threads in row["host_spans"]:
+                print(f"  {total:8.2f} s {count:6d}x {threads:3d} threads  {span}", flush=True)
+        report["rows"].append(row)
+        common.write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,17 @@ def test_decode_profile_bench_reads_and_groups_its_trace(tmp_path):
 
 def test_das_compile_bench_compiles_each_variant(tmp_path):
     run_bench("das_compile", "--preset", "tiny", "--batch", "8", "--group", "4",
-              "--new-tokens", "16", "--variants", "das,compacted", "--out",
-              str(tmp_path / "c.json"))
+              "--new-tokens", "16", "--variants", "das,compacted", "--trace-dir",
+              str(tmp_path / "trace"), "--out", str(tmp_path / "c.json"))
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["das", "compacted"]
     assert all(r["lower_s"] > 0 and r["compile_s"] > 0 for r in rows)
+    for r in rows:  # the longest span is the traced compile's, inside its wall time: seconds
+        assert 0 < r["host_spans"][0][1] <= r["compile_s"]
+
+
+def test_cost_model_fit_bench_times_a_fit_in_a_child(tmp_path):
+    run_bench("cost_model_fit", "--preset", "tiny", "--batch", "8", "--group", "4",
+              "--new-tokens", "8", "--workers", "0", "--out", str(tmp_path / "f.json"))
+    (row,) = json.loads((tmp_path / "f.json").read_text())["rows"]
+    assert row["workers"] == 0 and row["seconds"] > 0 and row["c_tok_s"] > 0

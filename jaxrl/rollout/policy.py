@@ -9,10 +9,13 @@ few compiled ones by expected tokens per second under `t = c_base + c_tok * toke
 device at the start of a run (`fitted_cost_model`), inside a jitted loop as the rollout's
 `while_loop` runs its passes: the whole verification pass, forward and sampling
 (`speculative.verification_timer`), and a whole drafting pass of the loop against a plain
-one (`speculative.drafting_cost_model`).
+one (`speculative.drafting_loops`); their loops compile at once, then run one at a time
+(`timed_loop`, `loops_seconds`).
 """
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import os
@@ -181,32 +184,45 @@ def fit_cost_model(tokens: np.ndarray, seconds: np.ndarray) -> tuple[float, floa
     return max(float(c_base), 0.0), max(float(c_tok), 1e-12)
 
 
-def loop_seconds(body, init, *args, iters: int = 16) -> float:
-    """Seconds per iteration of `body(i, carry, *args)` in a jitted fori_loop, the best of 3
-    runs after the compile: what a pass costs inside the rollout's while_loop, where each
-    pass's kernels queue behind the last, not one dispatched call's latency (4-6x more for
-    the `small` policy on an H200: REPRODUCE.md). `args` are inputs, not constants baked into the
-    program (weights)."""
+# The backend compiles of the timed loops: XLA releases the GIL while it compiles, so loops
+# made one after another compile at once (the start of a cold run waits for the slowest).
+_COMPILES = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="jaxrl-timed-loop")
+
+
+@dataclasses.dataclass(frozen=True)
+class TimedLoop:
+    """A jitted fori_loop of `iters` passes, compiling on a pool thread (`timed_loop`)."""
+
+    program: concurrent.futures.Future  # of the compiled loop
+    operands: tuple
+    iters: int
+
+
+def timed_loop(body, init, *args, iters: int = 16) -> TimedLoop:
+    """`body(i, carry, *args)` in a jitted fori_loop, as the rollout's `while_loop` runs its
+    passes: each pass's kernels queue behind the last, not one dispatched call's latency
+    (4-6x more for the `small` policy on an H200: REPRODUCE.md). `args` are inputs, not
+    constants baked into the program (weights). Traced and lowered here; the compile starts
+    on a pool thread at once, so make every loop before timing any (`loops_seconds`)."""
     run = jax.jit(lambda c, *a: jax.lax.fori_loop(0, iters, lambda i, x: body(i, x, *a), c))
-    jax.block_until_ready(run(init, *args))
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(init, *args))
-        best = min(best, time.perf_counter() - t0)
-    return best / iters
+    return TimedLoop(_COMPILES.submit(run.lower(init, *args).compile), (init, *args), iters)
 
 
-def measure_cost_model(forward, rows_list: tuple[int, ...],
-                       widths: tuple[int, ...]) -> tuple[float, float]:
-    """Fits the cost model to `forward(rows, width)`, the seconds of one verification pass
-    over `rows` rows and `width + 1` tokens each."""
-    tokens, seconds = [], []
-    for rows in rows_list:
-        for k in widths:
-            seconds.append(forward(rows, k))
-            tokens.append(rows * (k + 1))
-    return fit_cost_model(np.asarray(tokens), np.asarray(seconds))
+def loops_seconds(loops) -> list[float]:
+    """Seconds per pass of each `TimedLoop`, in order: the best of 3 runs after a warm-up,
+    one loop at a time and only once every compile has finished (the autotuner of a compile
+    still running would share the device with the loop being timed)."""
+    programs = [loop.program.result() for loop in loops]
+    seconds = []
+    for run, loop in zip(programs, loops):
+        jax.block_until_ready(run(*loop.operands))
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(*loop.operands))
+            best = min(best, time.perf_counter() - t0)
+        seconds.append(best / loop.iters)
+    return seconds
 
 
 def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
@@ -216,9 +232,9 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
     """`(c_base_s, c_tok_s, draft)` timed on this device by process 0 for all processes
     (every process must compile the same width choices) and kept at `path`, so that a
     resumed run chooses the widths the interrupted one did (the tokens would not change, but
-    the speculation metrics would). `draft`, `speculative.drafting_cost_model`'s `(draft_s,
+    the speculation metrics would). `draft`, `speculative.drafting_line`'s `(draft_s,
     draft_per_row_s)` at this batch, is timed when `drafting` gives its (spec, group,
-    prompt_len, max_new_tokens), else None.
+    prompt_len, max_new_tokens), else None (`speculative.measure_cost_model` times them).
 
     A single-process run also keeps the fit in `shared_dir` (the compilation cache's
     directory; '' = not kept), keyed by the device, the model's shape and attention, the
@@ -253,12 +269,9 @@ def fitted_cost_model(model: Decoder, layout: sharding.Layout, batch: int,
                 None if draft is None else (draft, fit.get("draft_per_row_s", 0.0)))
     from jaxrl.rollout import speculative  # it imports this module
 
-    # The line through the narrowest and widest widths at two bucket sizes: the model is
-    # linear in tokens, and each timed shape is a compile (the start of a cold run waits).
-    c_base, c_tok = measure_cost_model(speculative.verification_timer(model, layout, verify_impl),
-                                       (batch, max(batch // 8, 1)), (min(widths), max(widths)))
-    draft = (speculative.drafting_cost_model(model, layout, drafting[0], batch, *drafting[1:],
-                                             c_tok) if drafting else (-1.0, -1.0))
+    c_base, c_tok, draft = speculative.measure_cost_model(model, layout, batch, widths,
+                                                          verify_impl, drafting)
+    draft = draft or (-1.0, -1.0)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         c_base, c_tok, *draft = (float(c) for c in multihost_utils.broadcast_one_to_all(

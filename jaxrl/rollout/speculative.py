@@ -105,9 +105,9 @@ def verify(apply, tokens_RT: jax.Array, cache, num_R: jax.Array, t0_R: jax.Array
 
 
 def verification_timer(model: Decoder, layout, verify_impl: str, context: int = 256):
-    """`forward(rows, k)`: seconds of one verification pass (`verify`, k drafts on `rows`
-    rows over a cache of `context` filled slots, temperature 1) in a loop, as the rollout
-    runs it; random weights (only the time matters)."""
+    """`loop(rows, k)`: the `policy.TimedLoop` of verification passes (`verify`, k drafts on
+    `rows` rows over a cache of `context` filled slots, temperature 1) as the rollout runs
+    them; random weights (only the time matters)."""
     params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
                                    param_axes(model.cfg), layout)
     apply = lambda params: functools.partial(model.apply, {"params": params})  # noqa: E731
@@ -122,24 +122,24 @@ def verification_timer(model: Decoder, layout, verify_impl: str, context: int = 
         # The next input is this output, so no pass can be hoisted out of the loop.
         return new.replace(lengths_B=cache.lengths_B), sampled_RT
 
-    def forward(rows, k):
+    def loop(rows, k):
         cache = kv_cache.init_cache(model.cfg, rows, context + k + 1).replace(
             lengths_B=jnp.full((rows,), context, jnp.int32))
-        return policy.loop_seconds(body, (cache, jnp.zeros((rows, k + 1), jnp.int32)), params)
+        return policy.timed_loop(body, (cache, jnp.zeros((rows, k + 1), jnp.int32)), params)
 
-    return forward
+    return loop
 
 
 def pass_timer(model: Decoder, layout, spec: RolloutConfig, batch: int, group: int,
                prompt_len: int, max_new_tokens: int, vocab: int = 12):
-    """`seconds(rows, drafting)`: one pass of the rollout's loop (`_passes`' `one_pass`,
-    and after a drafting pass the drafting loop's test `pays`) over `rows` rows of a
-    `batch`-row batch, in a loop as `generate` runs it. Random weights, and prompts, outputs
-    and a full history window of random tokens from a small vocabulary, so that the drafter
-    finds matches (its scans read the whole padded corpus: random tokens cost what real
-    ones do). A drafting pass verifies the widest width through a width branch: the timer's
-    own widths and costs make `choose_width` pick it and keep the branch (`free_width`
-    None)."""
+    """`loop(rows, drafting)`: the `policy.TimedLoop` of one pass of the rollout's loop
+    (`_passes`' `one_pass`, and after a drafting pass the drafting loop's test `pays`) over
+    `rows` rows of a `batch`-row batch, as `generate` runs it. Random weights, and prompts,
+    outputs and a full history window of random tokens from a small vocabulary, so that the
+    drafter finds matches (its scans read the whole padded corpus: random tokens cost what
+    real ones do). A drafting pass verifies the widest width through a width branch: the
+    timer's own widths and costs make `choose_width` pick it and keep the branch
+    (`free_width` None)."""
     params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
                                    param_axes(model.cfg), layout)
     b, n, l, kmax = batch, max_new_tokens, prompt_len, spec.max_draft
@@ -154,7 +154,7 @@ def pass_timer(model: Decoder, layout, spec: RolloutConfig, batch: int, group: i
                           draft_cost=1.0, draft_cost_per_row=0.0)
     t0 = max((n - kmax - 8) // 2, 1)  # emitted tokens before a pass; all rows stay live
 
-    def seconds(rows, drafting):
+    def loop(rows, drafting):
         rows_R = jnp.arange(rows, dtype=jnp.int32) * (b // rows)  # spread over the prompts
 
         def passes(params):
@@ -186,28 +186,63 @@ def pass_timer(model: Decoder, layout, spec: RolloutConfig, batch: int, group: i
         budgets = passes(params)[0]
         init = (rows_R, cache, jnp.zeros((rows,), jnp.int32), out,
                 _fresh_stats(jnp.full((b,), policy.LONG, jnp.int32), n), budgets(rows_R, out))
-        return policy.loop_seconds(body, init, params)
+        return policy.timed_loop(body, init, params)
 
-    return seconds
+    return loop
 
 
-def drafting_cost_model(model: Decoder, layout, spec: RolloutConfig, batch: int, group: int,
-                        prompt_len: int, max_new_tokens: int,
-                        cost_per_token: float) -> tuple[float, float]:
+def drafting_loops(model: Decoder, layout, spec: RolloutConfig, batch: int, group: int,
+                   prompt_len: int, max_new_tokens: int) -> dict:
+    """`{(rows, drafting): TimedLoop}`: the passes `drafting_line` is fitted to, a drafting
+    and a plain one at rows = batch and batch / 8."""
+    loop = pass_timer(model, layout, spec, batch, group, prompt_len, max_new_tokens)
+    return {(rows, drafting): loop(rows, drafting)
+            for rows in sorted({batch, max(batch // 8, 1)}) for drafting in (True, False)}
+
+
+def drafting_line(seconds: dict, max_draft: int, cost_per_token: float) -> tuple[float, float]:
     """`(draft_s, draft_per_row_s)`: a drafting pass over R rows costs `draft_s +
     draft_per_row_s * R` more than a plain one, besides verifying its drafts (`cost_per_token`
-    per token, priced apart). Fitted to the passes as the loop runs them (`pass_timer`) at R
-    = batch and batch / 8, so it holds all a drafting pass adds: the corpus (built for every
-    prompt whatever R) and the drafts, the width choice and its branch, the drafting loop's
-    test and the bookkeeping of a wider pass."""
-    seconds = pass_timer(model, layout, spec, batch, group, prompt_len, max_new_tokens)
-    rows = sorted({batch, max(batch // 8, 1)})
-    extra = [seconds(r, True) - seconds(r, False) - cost_per_token * r * spec.max_draft
+    per token, priced apart). `seconds` times `drafting_loops`' passes as the loop runs
+    them, so the line holds all a drafting pass adds: the corpus (built for every prompt
+    whatever R) and the drafts, the width choice and its branch, the drafting loop's test
+    and the bookkeeping of a wider pass."""
+    rows = sorted({r for r, _ in seconds})
+    extra = [seconds[r, True] - seconds[r, False] - cost_per_token * r * max_draft
              for r in rows]
     if len(rows) == 1:
         return max(extra[0], 0.0), 0.0
     per_row = max((extra[1] - extra[0]) / (rows[1] - rows[0]), 0.0)
     return max(extra[1] - per_row * rows[1], 0.0), per_row
+
+
+def drafting_cost_model(model: Decoder, layout, spec: RolloutConfig, batch: int, group: int,
+                        prompt_len: int, max_new_tokens: int,
+                        cost_per_token: float) -> tuple[float, float]:
+    """`drafting_line` of `drafting_loops`, timed now."""
+    loops = drafting_loops(model, layout, spec, batch, group, prompt_len, max_new_tokens)
+    return drafting_line(dict(zip(loops, policy.loops_seconds(loops.values()))),
+                         spec.max_draft, cost_per_token)
+
+
+def measure_cost_model(model: Decoder, layout, batch: int, widths: tuple[int, ...],
+                       verify_impl: str, drafting: tuple = ()):
+    """`(c_base_s, c_tok_s, draft)` timed on this device (`policy.fitted_cost_model` keeps
+    them): the verification line through the narrowest and widest widths at two bucket
+    sizes (the model is linear in tokens), and `draft` = `drafting_line` when `drafting`
+    gives its (spec, group, prompt_len, max_new_tokens), else None. All the loops (8 with
+    drafting) compile at once before any is timed: each is a program, and the start of a
+    cold run waits for them."""
+    loop = verification_timer(model, layout, verify_impl)
+    shapes = [(rows, k) for rows in (batch, max(batch // 8, 1)) for k in (min(widths), max(widths))]
+    loops = [loop(rows, k) for rows, k in shapes]
+    passes = drafting_loops(model, layout, drafting[0], batch, *drafting[1:]) if drafting else {}
+    seconds = policy.loops_seconds([*loops, *passes.values()])
+    c_base, c_tok = policy.fit_cost_model(np.asarray([r * (k + 1) for r, k in shapes]),
+                                          np.asarray(seconds[:len(shapes)]))
+    draft = (drafting_line(dict(zip(passes, seconds[len(shapes):])), drafting[0].max_draft,
+                           c_tok) if drafting else None)
+    return c_base, c_tok, draft
 
 
 def _bucket_sizes(b: int, spec: RolloutConfig) -> list[int]:

@@ -1,6 +1,7 @@
 """The length-aware draft budget policy and the width cost model (jaxrl/rollout/policy.py),
 on hand-worked cases."""
 import json
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -126,11 +127,8 @@ def test_drafting_pays_by_predicted_gain():
 def test_fitted_cost_model_is_shared_by_runs_of_the_same_shape(tmp_path, monkeypatch):
     """A new workdir reads the fit that an earlier run kept beside the compilation cache (its
     numbers are constants of the compiled rollout), and keeps a copy for its own resume."""
-    fits = iter([(1.0, 0.5), (2.0, 0.25), (3.0, 0.125)])
-    drafts = iter([(0.75, 0.001)])
-    monkeypatch.setattr(speculative, "verification_timer", lambda *args: None)
-    monkeypatch.setattr(policy, "measure_cost_model", lambda *args: next(fits))
-    monkeypatch.setattr(speculative, "drafting_cost_model", lambda *args: next(drafts))
+    fits = iter([(1.0, 0.5, None), (2.0, 0.25, None), (3.0, 0.125, (0.75, 0.001))])
+    monkeypatch.setattr(speculative, "measure_cost_model", lambda *args: next(fits))
     model = Decoder(preset("tiny"))
     spec = rollout_config()
     fit = lambda run, shared, drafting=(): policy.fitted_cost_model(  # noqa: E731
@@ -147,30 +145,26 @@ def test_fitted_cost_model_is_shared_by_runs_of_the_same_shape(tmp_path, monkeyp
 
 
 def test_drafting_cost_is_a_line_through_the_full_and_an_eighth_bucket(monkeypatch):
-    """`drafting_cost_model` times a drafting and a plain pass for all 32 rows and for 4 of
-    them (the corpus is the whole batch's either way), takes off the wider verification the
-    per-token cost prices (16 drafted tokens per row at 2^-10 s), and returns the line through
-    the two differences: here 0.25 s + 0.0625 s per row, exact in binary."""
-    timed = []
+    """`drafting_loops` times a drafting and a plain pass for all 32 rows and for 4 of them
+    (the corpus is the whole batch's either way); `drafting_line` takes off the wider
+    verification the per-token cost prices (16 drafted tokens per row at 2^-10 s) and returns
+    the line through the two differences: here 0.25 s + 0.0625 s per row, exact in binary."""
     c_tok, kmax = 2.0 ** -10, 16
-
-    def timer(model, layout, spec, batch, group, prompt_len, max_new_tokens):
-        assert spec.max_draft == kmax
-
-        def seconds(rows, drafting):
-            timed.append((rows, drafting))
-            plain = 1.0 + 2.0 ** -6 * rows
-            return plain + (0.25 + 0.0625 * rows + c_tok * rows * kmax if drafting else 0.0)
-        return seconds
-
-    monkeypatch.setattr(speculative, "pass_timer", timer)
+    monkeypatch.setattr(speculative, "pass_timer", lambda *a: lambda rows, drafting: None)
     spec = rollout_config(widths=(0, 4, kmax))
-    assert speculative.drafting_cost_model(None, None, spec, 32, 4, 10, 24, c_tok) == (
-        0.25, 0.0625)
-    assert sorted(timed) == [(4, False), (4, True), (32, False), (32, True)]
-    timed.clear()
-    assert speculative.drafting_cost_model(None, None, spec, 1, 1, 10, 24, c_tok) == (
-        0.3125, 0.0)  # one bucket: flat
+    assert sorted(speculative.drafting_loops(None, None, spec, 32, 4, 10, 24)) == [
+        (4, False), (4, True), (32, False), (32, True)]
+    assert sorted(speculative.drafting_loops(None, None, spec, 1, 1, 10, 24)) == [
+        (1, False), (1, True)]
+
+    def seconds(rows_list):
+        plain = lambda rows: 1.0 + 2.0 ** -6 * rows  # noqa: E731
+        return {(rows, drafting): plain(rows) + (
+            0.25 + 0.0625 * rows + c_tok * rows * kmax if drafting else 0.0)
+            for rows in rows_list for drafting in (True, False)}
+
+    assert speculative.drafting_line(seconds((4, 32)), kmax, c_tok) == (0.25, 0.0625)
+    assert speculative.drafting_line(seconds((1,)), kmax, c_tok) == (0.3125, 0.0)  # flat
 
 
 def test_timers_run_the_rollout_shapes_in_a_loop():
@@ -178,12 +172,32 @@ def test_timers_run_the_rollout_shapes_in_a_loop():
     CPU the numbers mean nothing; the GPU's are in BENCHMARKS.md)."""
     model = Decoder(preset("tiny"))
     spec = rollout_config()
-    forward = speculative.verification_timer(model, layout(), "reference", context=16)
-    for rows, k in ((4, 0), (2, 4)):
-        assert 0 < forward(rows, k) < 60
-    seconds = speculative.pass_timer(model, layout(), spec, 8, 4, 10, 24)
-    for rows, drafting in ((8, True), (2, False)):
-        assert 0 < seconds(rows, drafting) < 60
+    verification = speculative.verification_timer(model, layout(), "reference", context=16)
+    passes = speculative.pass_timer(model, layout(), spec, 8, 4, 10, 24)
+    loops = [verification(4, 0), verification(2, 4), passes(8, True), passes(2, False)]
+    assert all(0 < s < 60 for s in policy.loops_seconds(loops))
+
+
+def test_timed_loops_compile_at_once_and_run_one_at_a_time(monkeypatch):
+    """Each loop's backend compile starts when the loop is made, on a thread of its own:
+    here every compile waits at a barrier for the other two, which a compile run inline by
+    `timed_loop` would never reach (BrokenBarrierError after 20 s). Only once all are
+    compiled does `loops_seconds` run them, each a warm-up and 3 timed runs, in order."""
+    barrier, ran = threading.Barrier(3, timeout=20), []
+    compile_ = jax.stages.Lowered.compile
+
+    def waiting_compile(self, *a, **k):
+        barrier.wait()
+        return compile_(self, *a, **k)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", waiting_compile)
+    def body(tag):
+        return lambda i, x: jax.debug.callback(lambda: ran.append(tag), ordered=True) or x + 1
+
+    loops = [policy.timed_loop(body(tag), jnp.int32(0), iters=2) for tag in "abc"]
+    seconds = policy.loops_seconds(loops)
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)
+    assert ran == [tag for tag in "abc" for _ in range(4 * 2)]
 
 
 def test_the_pass_timer_times_drafting_passes_at_the_widest_width(monkeypatch):
@@ -193,11 +207,11 @@ def test_the_pass_timer_times_drafting_passes_at_the_widest_width(monkeypatch):
     model = Decoder(preset("tiny"))
     spec = rollout_config(widths=(0, 2, 4))
     loops = []
-    monkeypatch.setattr(policy, "loop_seconds", lambda body, init, *a: loops.append(
-        (body, init, a)) or 1.0)
-    seconds = speculative.pass_timer(model, layout(), spec, 8, 4, 10, 24)
+    monkeypatch.setattr(policy, "timed_loop", lambda body, init, *a: loops.append(
+        (body, init, a)))
+    loop = speculative.pass_timer(model, layout(), spec, 8, 4, 10, 24)
     for drafting in (True, False):
-        seconds(4, drafting)
+        loop(4, drafting)
         body, init, args = loops.pop()
         stats = jax.jit(lambda c, *a: body(0, c, *a))(init, *args)[4]
         assert int(stats.passes) == 1 and int(stats.width_N[0]) == (4 if drafting else 0)
