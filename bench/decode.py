@@ -412,7 +412,7 @@ def main(args: argparse.Namespace) -> None:
                                    "hf": dict(skipped)} for b in args.batches]
             common.write_json(args.out, report)
             continue
-        params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
+        params = init_params(cfg, jax.random.key(args.seed))
         params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
         weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
         log(f"{name}: {cfg.num_params() / 1e6:.1f}M params, {weight_bytes / 2**30:.2f} GiB bf16")
