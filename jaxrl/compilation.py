@@ -17,10 +17,17 @@ must differ. On a GPU it also keeps XLA's per-fusion autotuning results (JAX's d
 stages of making an executable: tracing to a jaxpr, lowering to StableHLO, and the backend
 compile (which is the persistent-cache read when the program is there). A call that hits
 the in-memory jit cache reports none of them. The listener is registered when this module is
-imported, so everything compiled after `import jaxrl.compilation` counts.
+imported, so everything compiled after `import jaxrl.compilation` counts: by every thread,
+or (`this_thread=True`) by the calling thread alone.
+
+`Ahead` compiles programs on background threads before their first call (the job starts its
+first RL step's while SFT trains): XLA's backend compile releases the GIL, and a program
+lowered for the arguments' shapes, dtypes and shardings lands in the same in-memory caches
+that the call then reads, so the call itself compiles nothing.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import threading
@@ -39,27 +46,88 @@ CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 _lock = threading.Lock()
 _seconds = dict.fromkeys(STAGES.values(), 0.0)
+_thread = threading.local()  # .seconds: the same, for this thread's compiles
 
 
 def _record(event: str, duration: float, **_) -> None:
+    # JAX reports a stage's duration on the thread that ran it, once the stage is done.
     stage = STAGES.get(event)
     if stage is not None:
         with _lock:
             _seconds[stage] += duration
+        if not hasattr(_thread, "seconds"):
+            _thread.seconds = dict.fromkeys(STAGES.values(), 0.0)
+        _thread.seconds[stage] += duration
 
 
 jax.monitoring.register_event_duration_secs_listener(_record)
 
 
-def seconds_by_stage() -> dict[str, float]:
-    """Seconds this process spent in each stage since the import: take differences."""
+def seconds_by_stage(this_thread: bool = False) -> dict[str, float]:
+    """Seconds this process (or the calling thread) spent in each stage since the import:
+    take differences."""
+    if this_thread:
+        return dict(getattr(_thread, "seconds", dict.fromkeys(STAGES.values(), 0.0)))
     with _lock:
         return dict(_seconds)
 
 
-def seconds() -> float:
-    """Seconds this process spent tracing, lowering and compiling since the import."""
-    return sum(seconds_by_stage().values())
+def seconds(this_thread: bool = False) -> float:
+    """Seconds this process (or the calling thread) spent tracing, lowering and compiling
+    since the import."""
+    return sum(seconds_by_stage(this_thread).values())
+
+
+def abstract(tree):
+    """`tree` with each `jax.Array` replaced by its `ShapeDtypeStruct` (shape, dtype,
+    sharding, weak type): what lowering needs, and what a call on the arrays then finds
+    compiled. Taken at once, so the arrays may be donated afterwards; other leaves stay."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        a.shape, a.dtype, sharding=a.sharding, weak_type=a.weak_type)
+        if isinstance(a, jax.Array) else a, tree)
+
+
+class Ahead:
+    """Programs compiled on background threads before their first call.
+
+        ahead = Ahead()
+        ahead.start("rl", step.lower, state, *batch)  # shapes taken now; compiles meanwhile
+        ...  # other steps
+        ahead.wait("rl")  # before the first call: it then compiles nothing
+        state, m = step(state, *batch)
+
+    `wait` re-raises a failed compile (the call would fail the same way). `seconds` is the
+    compile time spent on these threads so far (`seconds(this_thread=True)` of the caller
+    leaves it out)."""
+
+    def __init__(self):
+        self._pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="jaxrl-ahead")
+        self._jobs: dict = {}
+        self.seconds = 0.0
+
+    def start(self, key, lower, *args) -> None:
+        """Starts `lower(*abstract(args)).compile()`; `lower` is a jitted function's `.lower`
+        (or returns a `jax.stages.Lowered` as one does)."""
+        spec = abstract(args)
+
+        def run():
+            c0 = seconds(this_thread=True)
+            try:
+                return lower(*spec).compile()
+            finally:
+                with _lock:
+                    self.seconds += seconds(this_thread=True) - c0
+        self._jobs[key] = self._pool.submit(run)
+
+    def wait(self, key) -> None:
+        """Blocks until `key`'s compile is done (nothing when none was started)."""
+        job = self._jobs.pop(key, None)
+        if job is not None:
+            job.result()
+
+    def close(self) -> None:
+        """Drops the compiles not yet started and waits for the running ones."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclasses.dataclass(frozen=True)

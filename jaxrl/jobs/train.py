@@ -280,6 +280,17 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
     # keeps the records up to `start`: only a fresh run evaluates its starting point.
     if start == 0:
         eval_at(0)
+    def placed(batch):  # each process feeds its rows; a host reward's inputs stay a list
+        return [x if isinstance(x, list) else sharding.shard_batch(x, built.layout)
+                for x in batch]
+
+    # The first RL step's program (with DAS the run's largest) compiles on a background
+    # thread while SFT trains, instead of stalling the loop after it.
+    ahead = compilation.Ahead()
+    first_rl = max(start, cfg.sft.steps)
+    if first_rl < total:
+        ahead.start("rl", steps["rl"].lower, state,
+                    *placed(source.rl_batch(first_rl, cfg.rl.num_prompts)))
     step = start
     try:
         while step < total:
@@ -291,14 +302,16 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
                 batch = pairrl.format_batch(source.task, cfg.seed, step, n)
             else:
                 batch = source.sft_batch(step, n)
-            # Each process feeds its rows; a host reward's inputs stay a list (grpo.make_step).
-            batch = [x if isinstance(x, list) else sharding.shard_batch(x, built.layout)
-                     for x in batch]
+            batch = placed(batch)
             phase = "sft" if in_sft else "rl"
-            t0, c0 = time.perf_counter(), compilation.seconds()
+            # This thread's compiles only: the ahead compile is counted apart.
+            t0, c0 = time.perf_counter(), compilation.seconds(this_thread=True)
+            if not in_sft:
+                ahead.wait("rl")  # its wait is part of the step's time
             state, m = steps[phase](state, *batch)
             m = jax.device_get(m)
-            seconds, compile_s = time.perf_counter() - t0, compilation.seconds() - c0
+            seconds = time.perf_counter() - t0
+            compile_s = compilation.seconds(this_thread=True) - c0
             step_compile_s[phase] += compile_s
             step += 1
             if not in_sft:
@@ -322,6 +335,7 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
                 logging.warning("%s: saved step %d, exiting", why, step)
                 break
     finally:
+        ahead.close()
         ckpt.close()
         writer.close()
         preemption.close()
@@ -339,7 +353,7 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
                "rollout_tokens_per_s": (rl_tokens / totals["time/rollout_s"]
                                         if totals["time/rollout_s"] else 0.0),
                "phase_seconds": {k[5:-2]: v for k, v in totals.items() if k.startswith("time/")},
-               "compile_seconds": {**step_compile_s,
+               "compile_seconds": {**step_compile_s, "rl_ahead": ahead.seconds,
                                    "run": compilation.seconds() - compile_start},
                **{k: v for k, v in totals.items() if k.startswith("spec/")}}
     if lead:
@@ -365,8 +379,8 @@ def summary_rows(summary: dict) -> list[tuple[str, Any]]:
                   f"{summary['spec/passes']} ({summary['spec/plain_passes']})"),
                  ("speculation: passes that skipped drafting", summary["spec/skipped_drafts"])]
     c = summary["compile_seconds"]
-    rows += [("compile seconds: SFT steps / RL steps / whole run (build, eval included)",
-              f"{c['sft']:.1f} / {c['rl']:.1f} / {c['run']:.1f}")]
+    rows += [("compile seconds: SFT / RL steps / RL ahead (during SFT) / whole run",
+              f"{c['sft']:.1f} / {c['rl']:.1f} / {c['rl_ahead']:.1f} / {c['run']:.1f}")]
     phases = summary["phase_seconds"]
     if any(phases.values()):
         rows += [(f"RL time in {k}", f"{v:.1f}s ({100 * v / sum(phases.values()):.0f}%)")

@@ -288,7 +288,8 @@ def make_step(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig, rewa
     state must then carry a `History`). A JAX reward without `rl.split_phases` makes
     rollout, reward and update one jit with the state donated. A host reward, or
     `rl.split_phases`, runs three jits and reports each phase's wall time (`time/*_s`); the
-    results are the same.
+    results are the same. Either step has a `.lower(*args)`: the jit's own, or the split
+    step's rollout program's.
 
     With a `sharding.Layout` the rollout rows, KV cache and minibatches are split over the
     batch axes, and the new state keeps `state_sharding` (`state.shardings`). A host reward
@@ -362,4 +363,10 @@ def make_step(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig, rewa
             times["time/judge_s"] = t3 - t2
         return state, {**metrics, **reward_metrics, **rollout_metrics(out, stats),
                        **judge_metrics, **times}
+
+    def lower(state, prompts_PL, prompt_lengths_P, inputs_P, prompt_ids_P):
+        """The rollout's program, the step's largest, lowered as a jitted step's `.lower`
+        would be (what `compilation.Ahead` compiles ahead)."""
+        return rollout_jit.lower(state, prompts_PL, prompt_lengths_P, prompt_ids_P)
+    split_step.lower = lower
     return split_step

@@ -16,7 +16,7 @@ from configs import ROOT, config_dict, train_config
 from jaxrl import checkpoint, sharding
 from jaxrl.jobs import train
 from jaxrl.models import loader
-from jaxrl.rollout import policy
+from jaxrl.rollout import policy, speculative
 
 
 def load_config(arg=None):
@@ -98,6 +98,7 @@ def record_step_histories(monkeypatch):
         def step(state, *batch):
             seen.append((int(state.step), jax.device_get(state.history)))
             return rl_step(state, *batch)
+        step.lower = rl_step.lower  # what the job compiles ahead
 
         return built._replace(steps={**built.steps, "rl": step})
 
@@ -148,8 +149,8 @@ def test_resumed_speculative_run_equals_uninterrupted_run(tmp_path, monkeypatch)
 def test_fitted_cost_model_is_kept_for_a_resumed_run(tmp_path, monkeypatch):
     """The widths' cost model is timed once per workdir: a resumed run reads it back instead
     of re-timing (a new fit could pick other widths, so other sampler log-prob bits)."""
-    fits = iter([(1e-3, 2e-7), (5e-3, 9e-7)])
-    monkeypatch.setattr(policy, "measure_cost_model", lambda *a, **k: next(fits))
+    fits = iter([(1e-3, 2e-7, None), (5e-3, 9e-7, None)])
+    monkeypatch.setattr(speculative, "measure_cost_model", lambda *a, **k: next(fits))
     cfg = train_config(speculative_config())
     layout = sharding.make_layout(cfg.mesh, cfg.sharding)
     model = loader.load(cfg.model, cfg.seed)[0]
@@ -167,8 +168,8 @@ jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
 from jaxrl import sharding
 from jaxrl.models import config, decoder
 from jaxrl.rollout import policy, speculative
-policy.measure_cost_model = lambda *a, **k: ((pid + 1) * 1e-3, (pid + 1) * 1e-7)
-speculative.drafting_cost_model = lambda *a, **k: ((pid + 1) * 1e-4, (pid + 1) * 1e-6)
+speculative.measure_cost_model = lambda *a, **k: ((pid + 1) * 1e-3, (pid + 1) * 1e-7,
+                                                  ((pid + 1) * 1e-4, (pid + 1) * 1e-6))
 model = decoder.Decoder(config.preset("tiny"))
 from jaxrl.config_utils import build, load_config_file
 from jaxrl.rollout.das import RolloutConfig
@@ -302,17 +303,22 @@ def test_resume_refuses_a_changed_config_and_a_busy_workdir(tmp_path):
         run(tiny_config(sft_steps=2, rl_steps=0), tmp_path)
 
 
-def test_each_step_reports_what_it_compiled(tmp_path):
-    """`time/compile_s` is the compile time inside the step: the first SFT and the first RL
-    step compile their programs; later steps of the same shapes (task.max_steps=1 fits every
-    solution in one length bucket) compile nothing. The summary adds them up."""
+@pytest.mark.parametrize("split_phases", [False, True])
+def test_each_step_reports_what_it_compiled(tmp_path, split_phases):
+    """`time/compile_s` is the compile time inside the step: the first SFT step compiles its
+    program; the first RL step's was compiled ahead while SFT ran (`rl_ahead`), so the step
+    compiles nothing, or with split phases only its small reward and update programs; later
+    steps of the same shapes (task.max_steps=1 fits every solution in one length bucket)
+    compile nothing. The summary adds them up."""
     config = tiny_config(sft_steps=3, rl_steps=2)
+    config.rl.split_phases = split_phases
     config.checkpoint.every = 100  # no saves between steps
     summary = run(config, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     compile_s = {r["step"]: r["time/compile_s"] for r in rows if "eval/accuracy" not in r}
-    assert compile_s[1] > 0 and compile_s[4] > 0
-    assert compile_s[2] == compile_s[3] == compile_s[5] == 0.0
     c = summary["compile_seconds"]
+    assert compile_s[1] > 0 and c["rl_ahead"] > 0
+    assert (compile_s[4] > 0) == split_phases
+    assert compile_s[2] == compile_s[3] == compile_s[5] == 0.0
     assert c["sft"] == compile_s[1] and c["rl"] == compile_s[4]
-    assert c["run"] > c["sft"] + c["rl"]  # the build and the evaluations compiled too
+    assert c["run"] > c["sft"] + c["rl"] + c["rl_ahead"]  # the build and evaluations too
