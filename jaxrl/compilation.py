@@ -31,8 +31,10 @@ import concurrent.futures
 import dataclasses
 import os
 import threading
+import time
 
 import jax
+from absl import logging
 from jax.experimental.compilation_cache import compilation_cache
 
 from jaxrl.config_utils import at_least
@@ -93,7 +95,7 @@ class Ahead:
         ahead = Ahead()
         ahead.start("rl", step.lower, state, *batch)  # shapes taken now; compiles meanwhile
         ...  # other steps
-        ahead.wait("rl")  # before the first call: it then compiles nothing
+        ahead.wait("rl")  # before the first call (seconds waited): it then compiles nothing
         state, m = step(state, *batch)
 
     `wait` re-raises a failed compile (the call would fail the same way). `seconds` is the
@@ -119,11 +121,17 @@ class Ahead:
                     self.seconds += seconds(this_thread=True) - c0
         self._jobs[key] = self._pool.submit(run)
 
-    def wait(self, key) -> None:
-        """Blocks until `key`'s compile is done (nothing when none was started)."""
+    def wait(self, key) -> float:
+        """Blocks until `key`'s compile is done; the seconds it waited (0.0 when none was
+        started)."""
         job = self._jobs.pop(key, None)
-        if job is not None:
-            job.result()
+        if job is None:
+            return 0.0
+        t0 = time.perf_counter()
+        if not job.done():
+            logging.info("waiting for the compile of %r, started ahead", key)
+        job.result()
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         """Drops the compiles not yet started and waits for the running ones."""

@@ -289,6 +289,7 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
     ahead = compilation.Ahead()
     first_rl = max(start, cfg.sft.steps)
     if first_rl < total:
+        logging.info("compiling the RL step (step %d) on a background thread", first_rl + 1)
         ahead.start("rl", steps["rl"].lower, state,
                     *placed(source.rl_batch(first_rl, cfg.rl.num_prompts)))
     step = start
@@ -306,8 +307,7 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
             phase = "sft" if in_sft else "rl"
             # This thread's compiles only: the ahead compile is counted apart.
             t0, c0 = time.perf_counter(), compilation.seconds(this_thread=True)
-            if not in_sft:
-                ahead.wait("rl")  # its wait is part of the step's time
+            waited = 0.0 if in_sft else ahead.wait("rl")  # part of the step's time
             state, m = steps[phase](state, *batch)
             m = jax.device_get(m)
             seconds = time.perf_counter() - t0
@@ -320,6 +320,7 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
                 for k in totals:
                     totals[k] += m.get(k, 0)
             writer.write(step, {**m, "step_time_s": seconds, "time/compile_s": compile_s,
+                                "time/compile_wait_s": waited,
                                 "phase": 0 if in_sft else 1})
             shown = {"loss": m["sft_loss"]} if in_sft else {"reward": m["reward"],
                                                             "acc": m["accuracy"]}

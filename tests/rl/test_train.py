@@ -318,6 +318,11 @@ def test_each_step_reports_what_it_compiled(tmp_path, split_phases):
     compile_s = {r["step"]: r["time/compile_s"] for r in rows if "eval/accuracy" not in r}
     c = summary["compile_seconds"]
     assert compile_s[1] > 0 and c["rl_ahead"] > 0
+    # The first RL step's time includes the seconds it waited for that compile (if any).
+    wait_s = {r["step"]: r["time/compile_wait_s"] for r in rows if "eval/accuracy" not in r}
+    assert 0 <= wait_s[4] <= next(r["step_time_s"] for r in rows if r["step"] == 4
+                                  and "eval/accuracy" not in r)
+    assert wait_s[1] == wait_s[5] == 0.0
     assert (compile_s[4] > 0) == split_phases
     assert compile_s[2] == compile_s[3] == compile_s[5] == 0.0
     assert c["sft"] == compile_s[1] and c["rl"] == compile_s[4]
