@@ -119,7 +119,6 @@ def child(args) -> dict:
         phase("sft", lambda: run_steps("sft", range(cfg.sft.steps)))
         phase("rl", lambda: (ahead.wait("rl"), run_steps("rl", [cfg.sft.steps])))
         report["rl_ahead_compile_s"] = ahead.seconds
-        ahead.close()
         report["first_rl_step_s"] = time.perf_counter() - START
     return report
 

@@ -100,26 +100,32 @@ class Ahead:
 
     `wait` re-raises a failed compile (the call would fail the same way). `seconds` is the
     compile time spent on these threads so far (`seconds(this_thread=True)` of the caller
-    leaves it out)."""
+    leaves it out). The threads are daemons: a job that stops early (SIGTERM during SFT)
+    exits without waiting for a compile that nothing will call."""
 
     def __init__(self):
-        self._pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="jaxrl-ahead")
         self._jobs: dict = {}
         self.seconds = 0.0
 
     def start(self, key, lower, *args) -> None:
         """Starts `lower(*abstract(args)).compile()`; `lower` is a jitted function's `.lower`
         (or returns a `jax.stages.Lowered` as one does)."""
-        spec = abstract(args)
+        spec, job = abstract(args), concurrent.futures.Future()
 
         def run():
             c0 = seconds(this_thread=True)
             try:
-                return lower(*spec).compile()
-            finally:
-                with _lock:
-                    self.seconds += seconds(this_thread=True) - c0
-        self._jobs[key] = self._pool.submit(run)
+                compiled, error = lower(*spec).compile(), None
+            except BaseException as e:  # re-raised by `wait`
+                compiled, error = None, e
+            with _lock:  # counted before the job is done, so that a waiter sees it
+                self.seconds += seconds(this_thread=True) - c0
+            if error is None:
+                job.set_result(compiled)
+            else:
+                job.set_exception(error)
+        threading.Thread(target=run, name=f"jaxrl-ahead-{key}", daemon=True).start()
+        self._jobs[key] = job
 
     def wait(self, key) -> float:
         """Blocks until `key`'s compile is done; the seconds it waited (0.0 when none was
@@ -132,10 +138,6 @@ class Ahead:
             logging.info("waiting for the compile of %r, started ahead", key)
         job.result()
         return time.perf_counter() - t0
-
-    def close(self) -> None:
-        """Drops the compiles not yet started and waits for the running ones."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclasses.dataclass(frozen=True)

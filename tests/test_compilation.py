@@ -1,13 +1,16 @@
-"""The persistent compilation cache carries programs across processes, and the compile clock
-counts a program's first call and not a repeated one."""
+"""The persistent compilation cache carries programs across processes, the compile clock
+counts a program's first call and not a repeated one, and `Ahead` compiles a call's program
+before it."""
 import json
 import os
 import pathlib
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from jaxrl import compilation
 
@@ -64,3 +67,34 @@ def test_compile_seconds_count_first_calls_only():
     assert compilation.seconds() == before
     f(x6).block_until_ready()  # a new shape compiles again
     assert compilation.seconds() > before
+
+
+def test_ahead_compiles_on_a_daemon_thread_and_the_call_then_compiles_nothing():
+    """`Ahead` lowers from the arrays' shapes, dtypes and shardings (taken at `start`, so the
+    arrays may then be donated) and compiles on a daemon thread: a job that stops early does
+    not wait for it. After `wait`, the call on the same arrays compiles nothing in this
+    thread, and the ahead thread's compile seconds are counted apart."""
+    f = jax.jit(lambda x, s: (x * s + 1.0).sum(), donate_argnums=0)
+    x = jax.device_put(jnp.ones((7, 3)), jax.devices()[0])
+    s = jax.device_put(jnp.float32(2.0), jax.devices()[0])
+    ahead, gate = compilation.Ahead(), threading.Event()
+    mine = compilation.seconds(this_thread=True)
+    ahead.start("f", lambda *a: gate.wait(60) and f.lower(*a), x, s)  # held until checked
+    (thread,) = [t for t in threading.enumerate() if t.name == "jaxrl-ahead-f"]
+    assert thread.daemon
+    gate.set()
+    assert ahead.wait("f") >= 0 and ahead.seconds > 0
+    assert compilation.seconds(this_thread=True) == mine  # its compile was not this thread's
+    assert float(f(x, s)) == 63.0  # 21 entries of 1 * 2 + 1: exact in float32
+    assert compilation.seconds(this_thread=True) == mine  # the call read what it compiled
+    assert ahead.wait("f") == 0.0  # nothing left to wait for
+
+
+def test_ahead_reraises_a_failed_compile_at_wait():
+    def bad_lower(x):
+        raise ValueError("no such program")
+
+    ahead = compilation.Ahead()
+    ahead.start("bad", bad_lower, jnp.ones(3))
+    with pytest.raises(ValueError, match="no such program"):
+        ahead.wait("bad")

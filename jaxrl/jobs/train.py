@@ -336,7 +336,6 @@ def _run(cfg: TrainConfig, workdir: str) -> dict:
                 logging.warning("%s: saved step %d, exiting", why, step)
                 break
     finally:
-        ahead.close()
         ckpt.close()
         writer.close()
         preemption.close()
