@@ -104,12 +104,17 @@ def verify(apply, tokens_RT: jax.Array, cache, num_R: jax.Array, t0_R: jax.Array
         sampling_R.top_p_B, keys_RT2, impl=impl))
 
 
-def verification_timer(model: Decoder, layout, verify_impl: str, context: int = 256):
+def timing_params(model: Decoder, layout) -> dict:
+    """Random weights placed by `layout`, for the timers (only the time matters): made once
+    per fit and shared by its verification and pass loops."""
+    return sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
+                                 param_axes(model.cfg), layout)
+
+
+def verification_timer(model: Decoder, params, verify_impl: str, context: int = 256):
     """`loop(rows, k)`: the `policy.TimedLoop` of verification passes (`verify`, k drafts on
     `rows` rows over a cache of `context` filled slots, temperature 1) as the rollout runs
-    them; random weights (only the time matters)."""
-    params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
-                                   param_axes(model.cfg), layout)
+    them, with `params` (`timing_params`)."""
     apply = lambda params: functools.partial(model.apply, {"params": params})  # noqa: E731
 
     def body(i, carry, params):
@@ -130,18 +135,16 @@ def verification_timer(model: Decoder, layout, verify_impl: str, context: int = 
     return loop
 
 
-def pass_timer(model: Decoder, layout, spec: RolloutConfig, batch: int, group: int,
+def pass_timer(model: Decoder, params, spec: RolloutConfig, batch: int, group: int,
                prompt_len: int, max_new_tokens: int, vocab: int = 12):
     """`loop(rows, drafting)`: the `policy.TimedLoop` of one pass of the rollout's loop
     (`_passes`' `one_pass`, and after a drafting pass the drafting loop's test `pays`) over
-    `rows` rows of a `batch`-row batch, as `generate` runs it. Random weights, and prompts,
-    outputs and a full history window of random tokens from a small vocabulary, so that the
-    drafter finds matches (its scans read the whole padded corpus: random tokens cost what
-    real ones do). A drafting pass verifies the widest width through a width branch: the
+    `rows` rows of a `batch`-row batch, as `generate` runs it. `params` (`timing_params`),
+    and prompts, outputs and a full history window of random tokens from a small
+    vocabulary, so that the drafter finds matches (its scans read the whole padded corpus:
+    random tokens cost what real ones do). A drafting pass verifies the widest width through a width branch: the
     timer's own widths and costs make `choose_width` pick it and keep the branch
     (`free_width` None)."""
-    params = sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
-                                   param_axes(model.cfg), layout)
     b, n, l, kmax = batch, max_new_tokens, prompt_len, spec.max_draft
     p = max(b // group, 1)
     rng = np.random.default_rng(0)
@@ -191,11 +194,11 @@ def pass_timer(model: Decoder, layout, spec: RolloutConfig, batch: int, group: i
     return loop
 
 
-def drafting_loops(model: Decoder, layout, spec: RolloutConfig, batch: int, group: int,
+def drafting_loops(model: Decoder, params, spec: RolloutConfig, batch: int, group: int,
                    prompt_len: int, max_new_tokens: int) -> dict:
     """`{(rows, drafting): TimedLoop}`: the passes `drafting_line` is fitted to, a drafting
     and a plain one at rows = batch and batch / 8."""
-    loop = pass_timer(model, layout, spec, batch, group, prompt_len, max_new_tokens)
+    loop = pass_timer(model, params, spec, batch, group, prompt_len, max_new_tokens)
     return {(rows, drafting): loop(rows, drafting)
             for rows in sorted({batch, max(batch // 8, 1)}) for drafting in (True, False)}
 
@@ -220,7 +223,8 @@ def drafting_cost_model(model: Decoder, layout, spec: RolloutConfig, batch: int,
                         prompt_len: int, max_new_tokens: int,
                         cost_per_token: float) -> tuple[float, float]:
     """`drafting_line` of `drafting_loops`, timed now."""
-    loops = drafting_loops(model, layout, spec, batch, group, prompt_len, max_new_tokens)
+    loops = drafting_loops(model, timing_params(model, layout), spec, batch, group,
+                           prompt_len, max_new_tokens)
     return drafting_line(dict(zip(loops, policy.loops_seconds(loops.values()))),
                          spec.max_draft, cost_per_token)
 
@@ -233,10 +237,11 @@ def measure_cost_model(model: Decoder, layout, batch: int, widths: tuple[int, ..
     gives its (spec, group, prompt_len, max_new_tokens), else None. All the loops (8 with
     drafting) compile at once before any is timed: each is a program, and the start of a
     cold run waits for them."""
-    loop = verification_timer(model, layout, verify_impl)
+    params = timing_params(model, layout)
+    loop = verification_timer(model, params, verify_impl)
     shapes = [(rows, k) for rows in (batch, max(batch // 8, 1)) for k in (min(widths), max(widths))]
     loops = [loop(rows, k) for rows, k in shapes]
-    passes = drafting_loops(model, layout, drafting[0], batch, *drafting[1:]) if drafting else {}
+    passes = drafting_loops(model, params, drafting[0], batch, *drafting[1:]) if drafting else {}
     seconds = policy.loops_seconds([*loops, *passes.values()])
     c_base, c_tok = policy.fit_cost_model(np.asarray([r * (k + 1) for r, k in shapes]),
                                           np.asarray(seconds[:len(shapes)]))

@@ -172,8 +172,9 @@ def test_timers_run_the_rollout_shapes_in_a_loop():
     CPU the numbers mean nothing; the GPU's are in BENCHMARKS.md)."""
     model = Decoder(preset("tiny"))
     spec = rollout_config()
-    verification = speculative.verification_timer(model, layout(), "reference", context=16)
-    passes = speculative.pass_timer(model, layout(), spec, 8, 4, 10, 24)
+    params = speculative.timing_params(model, layout())
+    verification = speculative.verification_timer(model, params, "reference", context=16)
+    passes = speculative.pass_timer(model, params, spec, 8, 4, 10, 24)
     loops = [verification(4, 0), verification(2, 4), passes(8, True), passes(2, False)]
     assert all(0 < s < 60 for s in policy.loops_seconds(loops))
 
@@ -209,7 +210,8 @@ def test_the_pass_timer_times_drafting_passes_at_the_widest_width(monkeypatch):
     loops = []
     monkeypatch.setattr(policy, "timed_loop", lambda body, init, *a: loops.append(
         (body, init, a)))
-    loop = speculative.pass_timer(model, layout(), spec, 8, 4, 10, 24)
+    loop = speculative.pass_timer(model, speculative.timing_params(model, layout()), spec, 8,
+                                  4, 10, 24)
     for drafting in (True, False):
         loop(4, drafting)
         body, init, args = loops.pop()
