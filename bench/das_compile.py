@@ -3,6 +3,7 @@ lowered and compiled alone for variants of one config (widths, buckets, compacti
 
     python -m bench.das_compile                                  # the 0.8M policy's shapes
     python -m bench.das_compile --preset tiny --batch 8 --group 4 --new-tokens 16   # smoke
+    python -m bench.das_compile --preset qwen2_0p5b --layers 2 --dtype bfloat16  # per layer
 
 Shapes are the main job's sort task's by default: 64 prompts x 8 rollouts, prompt 48, 433
 new tokens, widths (0, 4, 8, 16), buckets down to 8 rows, the H200's cost model for the
@@ -27,6 +28,10 @@ from bench import common
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small")
+    p.add_argument("--layers", type=int, default=0, help="layers of the preset; 0 = its own")
+    p.add_argument("--vocab", type=int, default=128,
+                   help="vocabulary (the embedded tasks' 128 by default; 0 = the preset's)")
+    p.add_argument("--dtype", default="float32", help="activations and params")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--group", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=48)
@@ -61,7 +66,8 @@ def main(argv=None):
              "widths_0_16": base.replace(widths=(0, 16)),
              "min_bucket_64": base.replace(min_bucket=64),
              "no_compaction": base.replace(compaction=False)}
-    cfg = preset(args.preset, dtype="float32", param_dtype="float32")
+    sizes = {k: v for k, v in (("num_layers", args.layers), ("vocab_size", args.vocab)) if v}
+    cfg = preset(args.preset, dtype=args.dtype, param_dtype=args.dtype, **sizes)
     model, params = Decoder(cfg), init_params(cfg, jax.random.key(0))
     b, g, n, l = args.batch, args.group, args.new_tokens, args.prompt_len
     inputs = (jnp.zeros((b, l), jnp.int32), jnp.full((b,), l, jnp.int32), jnp.arange(b),

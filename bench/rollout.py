@@ -30,15 +30,14 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bench import common
-from jaxrl import sharding
+from jaxrl import compilation, sharding
 from jaxrl.jobs import train
 from jaxrl.models.config import PRESETS
 from jaxrl.models.decoder import Decoder
-from jaxrl.rl import grpo
+from jaxrl.rl import grpo, logprobs, losses
 from jaxrl.rollout import das, drafter, policy, speculative
 
 
@@ -64,6 +63,9 @@ def parse_args(argv):
                    help="verification widths (one compile each)")
     p.add_argument("--min-bucket", type=int, default=8)
     p.add_argument("--fit-cost-model", type=int, default=1)
+    p.add_argument("--temperatures", type=common.csv(float), default=[1.0],
+                   help="sampling temperatures of the measured rollouts (each variant at "
+                        "each); training and the history's warm-up sample at rl.temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile-dir", default="",
                    help="profile DAS and compacted plain at the last step (Perfetto) here")
@@ -140,20 +142,16 @@ def main(argv=None):
     report = {**common.run_info("rollout", argv), "args": vars(args),
               "params": model.cfg.num_params(), "steps": []}
 
-    for step, _, state, m, seconds in common.sft_steps(built, args.sft_steps, args.sft_batch):
-        if step % 100 == 0 or step == args.sft_steps:
-            log(f"sft {step}/{args.sft_steps}: loss {float(m['sft_loss']):.3f} "
-                f"token acc {float(m['token_accuracy']):.3f}")
-
     kw = dict(max_new_tokens=n, stop_tokens=tuple(source.tokenizer.eos_ids),
               pad_id=source.tokenizer.pad_id)
     plain_cfg = config.rollout.replace(speculative=False)
     # The job's GRPO step, rolling out with plain decoding: the update the timed rollouts
     # share (the history it records feeds the DAS variants).
     train_step = grpo.make_step(model, config.rl, plain_cfg, built.reward, **kw)
-    plain_jit = jax.jit(lambda st, p, l, i: grpo.rollout_phase(
-        model, config.rl, plain_cfg, st, p, l, i, **kw)[0])
-    if args.fit_cost_model:
+    # The temperature is an argument of each program, so a sweep compiles each once.
+    plain_jit = jax.jit(lambda st, p, l, i, t: grpo.rollout_phase(
+        model, config.rl, plain_cfg, st, p, l, i, temperature=t, **kw)[0])
+    if args.fit_cost_model:  # on random weights (speculative.timing_params): before SFT
         rows = args.pool * g
         c_base, c_tok, _ = policy.fitted_cost_model(
             model, built.layout, rows, tuple(sorted({w for v in vs.values() for w in v.widths})),
@@ -168,88 +166,161 @@ def main(argv=None):
                         for k, (d, r) in draft_s.items()))
         vs = {k: v.replace(cost_base=c_base, cost_per_token=c_tok, draft_cost=draft_s[k][0],
                            draft_cost_per_row=draft_s[k][1]) for k, v in vs.items()}
-    spec_jits = {name: jax.jit(lambda st, p, l, i, v=v, m=Decoder(
+    spec_jits = {name: jax.jit(lambda st, p, l, i, t, v=v, m=Decoder(
         model.cfg, attention_impl=v.attention_impl): grpo.rollout_phase(
-            m, config.rl, v, st, p, l, i, **kw)) for name, v in vs.items()}
+            m, config.rl, v, st, p, l, i, temperature=t, **kw)) for name, v in vs.items()}
+    entropy_jit = jax.jit(lambda params, p, l, out, t: mean_entropy(model, params, p, l, out, t, g))
+    temps = [np.float32(t) for t in args.temperatures]
+    # Every program compiles on a background thread while SFT trains (as the job compiles
+    # its first RL step): the DAS programs are the largest (minutes on a GPU). Started from
+    # the state after the first SFT step, whose shardings every later state has (these
+    # jits fix none of their own; the built state's differ).
+    # Inputs stay host arrays, lowered and called alike (a device array made by
+    # jnp.asarray is uncommitted when called, but lowers committed: another program).
+    ahead, batch = compilation.Ahead(), source.rl_batch(0, args.pool)
+    inputs = (batch[0], batch[1], batch[3])
+
+    def compile_ahead(state):
+        ahead.start("train", train_step.lower, state, *batch)
+        ahead.start("plain", plain_jit.lower, state, *inputs, temps[0])
+        for name, v in vs.items():
+            ahead.start(name, spec_jits[name].lower,
+                        state.replace(history=window_view(state.history, v.window, g)),
+                        *inputs, temps[0])
+
+    for step, _, state, m, seconds in common.sft_steps(built, args.sft_steps, args.sft_batch):
+        if step == 1:
+            compile_ahead(state)
+        if step % 100 == 0 or step == args.sft_steps:
+            log(f"sft {step}/{args.sft_steps}: loss {float(m['sft_loss']):.3f} "
+                f"token acc {float(m['token_accuracy']):.3f}")
+    if not args.sft_steps:
+        compile_ahead(state)
+    waited = ahead.wait("train")
+    for name in ("plain", *vs):
+        waited += ahead.wait(name)
+    log(f"programs compiled ahead: {ahead.seconds:.1f} s of compile, {waited:.1f} s waited "
+        "after SFT")
+    report["compile_ahead"] = {"seconds": ahead.seconds, "waited_s": waited}
+
     profiles = {}
     for step in range(args.warm_steps + args.steps):
         batch = source.rl_batch(step, args.pool)
-        inputs = (jnp.asarray(batch[0]), jnp.asarray(batch[1]), jnp.asarray(batch[3]))
-        measured = step >= args.warm_steps
-        plain, plain_s = timed(lambda: plain_jit(state, *inputs), args.repeats if measured else 0)
-        row = {"step": step, "plain_s": plain_s,
-               "tokens": int(plain.lengths_B.sum()), "max_len": int(plain.lengths_B.max()),
-               "plain_passes": int(plain.lengths_B.max()) - 1}
-        if measured:
-            lengths = np.asarray(plain.lengths_B)
-            profiles["plain"] = [int((lengths > i + 1).sum()) for i in range(int(lengths.max()) - 1)]
-            for name, v in vs.items():
-                st = state.replace(history=window_view(state.history, v.window, g))
-                (out, stats), secs = timed(lambda: spec_jits[name](st, *inputs), args.repeats)
-                same_rows = np.all(np.asarray(out.tokens_BN) == np.asarray(plain.tokens_BN), axis=1)
-                m = jax.device_get(das.metrics(stats, out.lengths_B))
-                row[name] = {"s": secs, "speedup": plain_s / secs,
-                             "rows_identical": float(same_rows.mean()),
-                             "tokens_identical": float(np.mean(np.asarray(out.tokens_BN)
-                                                               == np.asarray(plain.tokens_BN))),
-                             # Accepted tokens per live row of a drafting pass: what the
-                             # drafting rule predicts from (`policy.predicted_gain`).
-                             "gain_per_drafting_row": float(stats.accepted)
-                             / max(int(stats.drafting_row_passes), 1),
-                             "drafting_passes": int(stats.passes - stats.skipped),
-                             **{k.removeprefix("spec/"): float(v) for k, v in m.items()}}
-                if name in ("das", "plain_compacted"):
-                    profiles[name] = np.asarray(stats.active_N)[:int(stats.passes)].tolist()
-                    if args.profile_dir and step == args.warm_steps + args.steps - 1:
-                        row[name]["profile"] = pass_profile(
-                            lambda: spec_jits[name](st, *inputs),
-                            os.path.join(args.profile_dir, name), int(stats.passes))
-                        log(f"{name} profile: " + ", ".join(
-                            f"{k} {v:.4g}" for k, v in row[name]["profile"].items()
-                            if k != "top"))
-                log(f"step {step} {name}: {1e3 * secs:.1f} ms vs plain {1e3 * plain_s:.1f} ms "
-                    f"= {plain_s / secs:.2f}x, passes {int(stats.passes)} vs {row['plain_passes']}, "
-                    f"drafting {row[name]['drafting_passes']}, gain per drafting row "
-                    f"{row[name]['gain_per_drafting_row']:.2f}, "
-                    f"acceptance {row[name]['acceptance']:.2f}, rows identical "
-                    f"{row[name]['rows_identical']:.3f}")
+        inputs = (batch[0], batch[1], batch[3])
+        row, c0 = {"step": step, "cells": {}}, compilation.seconds(this_thread=True)
+        if step >= args.warm_steps:
+            for t_name, temp in zip(args.temperatures, temps):
+                row["cells"][str(t_name)] = measure_cell(
+                    args, vs, state, inputs, temp, plain_jit, spec_jits, entropy_jit, g,
+                    profiles if t_name == args.temperatures[0] else None,
+                    args.profile_dir if step == args.warm_steps + args.steps - 1 else "",
+                    log=lambda msg, t_name=t_name: log(f"step {step} T={t_name} {msg}"))
         report["steps"].append(row)
+        common.write_json(os.path.join(args.out_dir, "rollout.json"), report)
         state, m = train_step(state, *batch)
+        row["compile_s"] = compilation.seconds(this_thread=True) - c0  # 0 unless a shape is new
         log(f"step {step}: reward {float(m['reward']):.3f}, mean length "
-            f"{float(m['response_length/mean']):.1f}, max {row['max_len']}")
+            f"{float(m['response_length/mean']):.1f}, max {int(m['response_length/max'])}, "
+            f"compiled {row['compile_s']:.1f} s")
 
-    measured = [r for r in report["steps"] if "das" in r]
-    summary = {"plain_s": sum(r["plain_s"] for r in measured)}
-    for name in vs:
-        secs = sum(r[name]["s"] for r in measured)
-        summary[name] = {"s": secs, "speedup": summary["plain_s"] / secs,
-                         "speedup_vs_compacted": sum(r["plain_compacted"]["s"] for r in measured) / secs,
-                         **{k: float(np.mean([r[name][k] for r in measured]))
-                            for k in ("acceptance", "tokens_per_row_pass", "passes",
-                                      "plain_passes", "rows_identical", "acceptance_short",
-                                      "acceptance_medium", "acceptance_long")}}
-    report["summary"] = summary
+    measured = [r for r in report["steps"] if r["cells"]]
+    report["summary"] = {str(t): summarize([r["cells"][str(t)] for r in measured], vs)
+                         for t in args.temperatures}
     common.write_json(os.path.join(args.out_dir, "rollout.json"), report)
     lines = [common.heading(report), "",
              f"Policy: {report['params'] / 1e6:.1f}M params ({args.preset}"
-             f"{f', {args.layers} layers' if args.layers else ''}).", "",
-             "| variant | rollout s (sum of steps) | speedup vs plain | vs compacted plain | "
-             "passes / plain steps | acceptance (short / medium / long) | tokens per row-pass | "
-             "rows identical |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| plain | {summary['plain_s']:.3f} | 1.00x | | | | 1 | |"]
-    for name in vs:
-        s = summary[name]
-        lines.append(f"| {name} | {s['s']:.3f} | {s['speedup']:.2f}x | "
-                     f"{s['speedup_vs_compacted']:.2f}x | {s['passes']:.0f} / "
-                     f"{s['plain_passes']:.0f} | {s['acceptance']:.2f} ({s['acceptance_short']:.2f} / "
-                     f"{s['acceptance_medium']:.2f} / {s['acceptance_long']:.2f}) | "
-                     f"{s['tokens_per_row_pass']:.2f} | {s['rows_identical']:.3f} |")
+             f"{f', {args.layers} layers' if args.layers else ''}), {args.task} "
+             f"d{args.difficulty}; {len(measured)} measured steps; entropy = the sampling "
+             "distribution's mean per-token entropy (nats) over plain decoding's tokens.", "",
+             "| T | entropy | variant | rollout s (sum of steps) | speedup vs plain | "
+             "vs compacted plain | passes / plain steps | acceptance (short / medium / long) | "
+             "tokens per row-pass | rows identical |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in args.temperatures:
+        summary = report["summary"][str(t)]
+        lines.append(f"| {t} | {summary['entropy']:.3f} | plain | {summary['plain_s']:.3f} | "
+                     "1.00x | | | | 1 | |")
+        for name in vs:
+            s = summary[name]
+            lines.append(
+                f"| {t} | | {name} | {s['s']:.3f} | {s['speedup']:.2f}x | "
+                f"{s['speedup_vs_compacted']:.2f}x | {s['passes']:.0f} / "
+                f"{s['plain_passes']:.0f} | {s['acceptance']:.2f} ({s['acceptance_short']:.2f} / "
+                f"{s['acceptance_medium']:.2f} / {s['acceptance_long']:.2f}) | "
+                f"{s['tokens_per_row_pass']:.2f} | {s['rows_identical']:.3f} |")
     table = "\n".join(lines)
     with open(os.path.join(args.out_dir, "rollout.md"), "w") as f:
         f.write(table + "\n")
     log(table)
     plot_profiles(profiles, os.path.join(args.out_dir, "active_rows.png"))
+
+
+def mean_entropy(model, params, prompts_PL, prompt_lengths_P, out, temperature, group):
+    """Mean per-token entropy (nats) of the distribution the tokens were sampled from (the
+    logits over `temperature`), over the rollout's valid completion tokens."""
+    logits_BNV = logprobs.completion_logits(
+        model, params, grpo.repeat_groups(prompts_PL, group),
+        grpo.repeat_groups(prompt_lengths_P, group), out.tokens_BN, out.lengths_B)
+    mask_BN = logprobs.completion_mask(out.lengths_B, out.tokens_BN.shape[1])
+    return losses.entropy_from_logits(logits_BNV / temperature, mask_BN)
+
+
+def measure_cell(args, vs, state, inputs, temp, plain_jit, spec_jits, entropy_jit, g,
+                 profiles, profile_dir, log):
+    """One measured step at one temperature: plain decoding timed, then every variant,
+    checked against plain's tokens; `profiles` (or None) gets the live rows per pass."""
+    plain, plain_s = timed(lambda: plain_jit(state, *inputs, temp), args.repeats)
+    cell = {"plain_s": plain_s, "tokens": int(plain.lengths_B.sum()),
+            "max_len": int(plain.lengths_B.max()), "plain_passes": int(plain.lengths_B.max()) - 1,
+            "entropy": float(entropy_jit(state.params, inputs[0], inputs[1], plain, temp))}
+    if profiles is not None:
+        lengths = np.asarray(plain.lengths_B)
+        profiles["plain"] = [int((lengths > i + 1).sum()) for i in range(int(lengths.max()) - 1)]
+    for name, v in vs.items():
+        st = state.replace(history=window_view(state.history, v.window, g))
+        (out, stats), secs = timed(lambda: spec_jits[name](st, *inputs, temp), args.repeats)
+        same_rows = np.all(np.asarray(out.tokens_BN) == np.asarray(plain.tokens_BN), axis=1)
+        m = jax.device_get(das.metrics(stats, out.lengths_B))
+        cell[name] = {"s": secs, "speedup": plain_s / secs,
+                      "rows_identical": float(same_rows.mean()),
+                      "tokens_identical": float(np.mean(np.asarray(out.tokens_BN)
+                                                        == np.asarray(plain.tokens_BN))),
+                      # Accepted tokens per live row of a drafting pass: what the
+                      # drafting rule predicts from (`policy.predicted_gain`).
+                      "gain_per_drafting_row": float(stats.accepted)
+                      / max(int(stats.drafting_row_passes), 1),
+                      "drafting_passes": int(stats.passes - stats.skipped),
+                      **{k.removeprefix("spec/"): float(x) for k, x in m.items()}}
+        if profiles is not None and name in ("das", "plain_compacted"):
+            profiles[name] = np.asarray(stats.active_N)[:int(stats.passes)].tolist()
+            if profile_dir:
+                cell[name]["profile"] = pass_profile(
+                    lambda: spec_jits[name](st, *inputs, temp),
+                    os.path.join(profile_dir, name), int(stats.passes))
+                log(f"{name} profile: " + ", ".join(
+                    f"{k} {x:.4g}" for k, x in cell[name]["profile"].items() if k != "top"))
+        c = cell[name]
+        log(f"{name}: {1e3 * secs:.1f} ms vs plain {1e3 * plain_s:.1f} ms = "
+            f"{plain_s / secs:.2f}x, passes {int(stats.passes)} vs {cell['plain_passes']}, "
+            f"drafting {c['drafting_passes']}, gain per drafting row "
+            f"{c['gain_per_drafting_row']:.2f}, acceptance {c['acceptance']:.2f}, rows "
+            f"identical {c['rows_identical']:.3f}, entropy {cell['entropy']:.3f}")
+    return cell
+
+
+def summarize(cells: list[dict], vs) -> dict:
+    """Sums of seconds and means of the rest over the measured steps of one temperature."""
+    out = {"plain_s": sum(c["plain_s"] for c in cells),
+           "entropy": float(np.mean([c["entropy"] for c in cells]))}
+    for name in vs:
+        secs = sum(c[name]["s"] for c in cells)
+        out[name] = {"s": secs, "speedup": out["plain_s"] / secs,
+                     "speedup_vs_compacted": sum(c["plain_compacted"]["s"] for c in cells) / secs,
+                     **{k: float(np.mean([c[name][k] for c in cells]))
+                        for k in ("acceptance", "tokens_per_row_pass", "passes",
+                                  "plain_passes", "rows_identical", "acceptance_short",
+                                  "acceptance_medium", "acceptance_long")}}
+    return out
 
 
 def pass_profile(run, trace_dir: str, passes: int, top: int = 12) -> dict:

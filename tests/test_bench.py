@@ -2,6 +2,7 @@
 still run, and so that the rollout benchmark's own identity check holds: in float32 every
 variant's tokens equal plain decoding's."""
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -22,25 +23,32 @@ def run_bench(name, *args):
 def test_rollout_bench_variants_reproduce_plain_decoding(tmp_path):
     # Difficulty 0: rollouts of at most 129 tokens; the default (1) allows 433 per row.
     run_bench("rollout", "--preset", "tiny", "--difficulty", "0", "--dtype", "float32",
-              "--sft-steps", "2",
+              "--sft-steps", "2", "--temperatures", "1.0,0.6",
               "--warm-steps", "1", "--steps", "1", "--pool", "2", "--num-generations", "4",
               "--repeats", "1", "--ablations", "no_compaction", "--fit-cost-model", "0",
               "--widths", "0,4", "--profile-dir", str(tmp_path / "profile"),
               "--out-dir", str(tmp_path))
     report = json.loads((tmp_path / "rollout.json").read_text())
+    assert not report["steps"][0]["cells"]  # the warm-up step measures nothing
     (step,) = report["steps"][1:]
+    assert set(step["cells"]) == {"1.0", "0.6"}
+    first = step["cells"]["1.0"]
     for name in ("plain_compacted", "das"):  # profiled at the last step; no times checked
-        profile = step[name]["profile"]
+        profile = first[name]["profile"]
         assert profile["kernels_per_pass"] > 0 and profile["top"], name
-        assert 0 <= step[name]["drafting_passes"] <= step[name]["passes"]
-    assert step["plain_compacted"]["drafting_passes"] == 0
-    summary = report["summary"]
-    assert set(summary) == {"plain_s", "plain_compacted", "das", "no_compaction"}
-    for name in ("plain_compacted", "das", "no_compaction"):
-        assert summary[name]["rows_identical"] == 1.0, name
-        assert summary[name]["s"] > 0
-    assert summary["plain_compacted"]["passes"] == summary["plain_compacted"]["plain_passes"]
-    assert "| das |" in (tmp_path / "rollout.md").read_text()
+        assert 0 <= first[name]["drafting_passes"] <= first[name]["passes"]
+    assert "profile" not in step["cells"]["0.6"]["das"]  # the first temperature's only
+    assert first["plain_compacted"]["drafting_passes"] == 0
+    for t, summary in report["summary"].items():
+        assert set(summary) == {"plain_s", "entropy", "plain_compacted", "das", "no_compaction"}
+        # A mean entropy over a 128-token vocabulary lies in (0, log 128].
+        assert 0 < summary["entropy"] <= math.log(128), t
+        for name in ("plain_compacted", "das", "no_compaction"):
+            assert summary[name]["rows_identical"] == 1.0, (t, name)
+            assert summary[name]["s"] > 0
+        assert summary["plain_compacted"]["passes"] == summary["plain_compacted"]["plain_passes"]
+    table = (tmp_path / "rollout.md").read_text()
+    assert "| 1.0 | | das |" in table and "| 0.6 | | das |" in table
 
 
 def test_das_pass_bench_times_every_piece(tmp_path):

@@ -116,16 +116,19 @@ def _rows(layout, x):
 def rollout_phase(model: Decoder, rl: RLConfig, rollout_cfg: das.RolloutConfig,
                   state: TrainState, prompts_PL, prompt_lengths_P, prompt_ids_P, *,
                   max_new_tokens: int, stop_tokens: tuple[int, ...], pad_id: int,
-                  layout=None):
+                  layout=None, temperature: jax.Array | None = None):
     """`(rollout, spec_stats)`: plain decoding (`spec_stats` None), or DAS speculative
     decoding from `state.history` with `rollout_cfg.speculative`; the same tokens either way.
     With a `sharding.Layout` the B rollout rows are split over the batch axes (the P prompts
-    may be too few to split)."""
+    may be too few to split). `temperature` (a float32 scalar, > 0) replaces
+    `rl.temperature` as an argument of the program, so one compile serves a sweep."""
     g = rl.num_generations
     prompts_BL, plen_B = _rows(layout, (repeat_groups(prompts_PL, g),
                                         repeat_groups(prompt_lengths_P, g)))
     b = prompts_BL.shape[0]
     sampling = SamplingParams.make(b, rl.temperature, rl.top_k, rl.top_p)
+    if temperature is not None:
+        sampling = sampling.replace(temperature_B=jnp.full((b,), temperature, jnp.float32))
     args = (model, state.params, prompts_BL, plen_B, _rows(layout, jnp.arange(b, dtype=jnp.int32)),
             state.key(_ROLLOUT_SALT), sampling)
     kw = dict(max_new_tokens=max_new_tokens, stop_tokens=stop_tokens, pad_id=pad_id,
