@@ -197,3 +197,21 @@ def test_host_reward_counts_invalid_values_and_scores_them_zero(caplog):
     assert m["accuracy"] == 4 / len(answers)  # 1, 0.5, 3e38, 0.25; 1e40 and True do not count
     assert "11 reward(s) were not finite float32 numbers and scored 0; the first, sample 5: nan" \
         in caplog.text
+
+
+def test_a_temperature_argument_samples_as_the_configured_temperature():
+    """`rollout_phase(temperature=t)` (bench.rollout's sweep: one program for every t) draws
+    the same tokens as a config with `rl.temperature = t`; and t matters: another one draws
+    other tokens. Speculative decoding, whose verification reads the temperature too; plain
+    decoding gets the same `SamplingParams` (rollout_phase makes them before the branch)."""
+    n, st = 8, new_state().replace(history=drafter.init_history(P, 2, G, 8))
+    das_cfg = rollout_config(speculative=True, widths=(0, 4), min_bucket=4,
+                             verify_impl="reference", fit_cost_model=False)
+    p, plen, _, ids = prompts()
+    kw = dict(max_new_tokens=n, stop_tokens=STOP, pad_id=0)
+    run = jax.jit(lambda t, rl_t: grpo.rollout_phase(
+        MODEL, rl_config(temperature=rl_t), das_cfg, st, p, plen, ids, temperature=t, **kw)[0],
+        static_argnums=1)
+    fixed = run(None, 0.5).tokens_BN
+    np.testing.assert_array_equal(run(jnp.float32(0.5), 1.0).tokens_BN, fixed)
+    assert not np.array_equal(run(jnp.float32(2.0), 1.0).tokens_BN, fixed)
