@@ -42,6 +42,8 @@ def parse(argv):
                    help="trace each compile under jax.profiler here and report XLA's top "
                         "host spans (passes, autotuning, codegen); '' = no trace")
     p.add_argument("--top", type=int, default=25, help="host spans reported per variant")
+    p.add_argument("--scan-layers", type=int, default=0,
+                   help="1: the Decoder scans its layers (models/decoder.py)")
     p.add_argument("--out", default="das_compile.json")
     return p.parse_args(argv)
 
@@ -68,7 +70,8 @@ def main(argv=None):
              "no_compaction": base.replace(compaction=False)}
     sizes = {k: v for k, v in (("num_layers", args.layers), ("vocab_size", args.vocab)) if v}
     cfg = preset(args.preset, dtype=args.dtype, param_dtype=args.dtype, **sizes)
-    model, params = Decoder(cfg), init_params(cfg, jax.random.key(0))
+    model = Decoder(cfg, scan_layers=bool(args.scan_layers))
+    params = init_params(cfg, jax.random.key(0))
     b, g, n, l = args.batch, args.group, args.new_tokens, args.prompt_len
     inputs = (jnp.zeros((b, l), jnp.int32), jnp.full((b,), l, jnp.int32), jnp.arange(b),
               jax.random.key(1), SamplingParams.make(b, temperature=1.0),

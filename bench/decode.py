@@ -71,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=480.0,
                    help="start no new measurement after this many seconds (0: no limit); "
                         "the ones not started are recorded as skipped")
+    p.add_argument("--scan-layers", type=int, default=0,
+                   help="1: the Decoder scans its layers (models/decoder.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="decode_bench.json")
     p.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
@@ -259,7 +261,7 @@ class HFWorker:
 # --------------------------------------------------------------------------------------
 
 def measure_ours(cfg, params, batch: int, prompt_len: int, new_tokens: int, reps: int,
-                 prefill: bool, seed: int) -> dict:
+                 prefill: bool, seed: int, scan_layers: bool = False) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -268,7 +270,7 @@ def measure_ours(cfg, params, batch: int, prompt_len: int, new_tokens: int, reps
     from jaxrl.rollout.decode import generate
     from jaxrl.rollout.sampling import SamplingParams
 
-    model = Decoder(cfg)
+    model = Decoder(cfg, scan_layers=scan_layers)
     rng = np.random.default_rng(seed)
     prompts_BL = jnp.asarray(rng.integers(0, cfg.vocab_size, (batch, prompt_len)), jnp.int32)
     lengths_B = jnp.full((batch,), prompt_len, jnp.int32)
@@ -433,7 +435,8 @@ def main(args: argparse.Namespace) -> None:
                 log(f"{name} B={batch}: jaxrl generate ...")
                 try:
                     entry["ours"] = measure_ours(cfg, params, batch, p_len, n_new, args.reps,
-                                                 not args.no_prefill, args.seed)
+                                                 not args.no_prefill, args.seed,
+                                                 bool(args.scan_layers))
                 except Exception as e:  # e.g. device OOM at a large batch; keep going
                     entry["ours"] = {"status": "error", "error": f"{type(e).__name__}: {e}"[:500]}
                 derive(entry["ours"], batch, n_new)

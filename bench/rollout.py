@@ -36,7 +36,6 @@ from bench import common
 from jaxrl import compilation, sharding
 from jaxrl.jobs import train
 from jaxrl.models.config import PRESETS
-from jaxrl.models.decoder import Decoder
 from jaxrl.rl import grpo, logprobs, losses
 from jaxrl.rollout import das, drafter, policy, speculative
 
@@ -66,6 +65,8 @@ def parse_args(argv):
     p.add_argument("--temperatures", type=common.csv(float), default=[1.0],
                    help="sampling temperatures of the measured rollouts (each variant at "
                         "each); training and the history's warm-up sample at rl.temperature")
+    p.add_argument("--scan-layers", type=int, default=0,
+                   help="1: the Decoder scans its layers (config.model.scan_layers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile-dir", default="",
                    help="profile DAS and compacted plain at the last step (Perfetto) here")
@@ -84,6 +85,7 @@ def make_config(args) -> train.TrainConfig:
            f"sft_steps={args.sft_steps},rl_steps={args.warm_steps + args.steps}")
     return common.train_config(arg, {
         "seed": args.seed, "task.train_pool": args.pool, "model.dtype": args.dtype,
+        "model.scan_layers": bool(args.scan_layers),
         "sft.batch_size": args.sft_batch, "sft.learning_rate": args.sft_lr,
         "rl.learning_rate": args.rl_lr, "rl.num_prompts": args.pool,
         "rl.num_generations": args.num_generations, "rl.old_logprobs": "sampler",
@@ -158,7 +160,7 @@ def main(argv=None):
             config.rollout.verify_impl, None)
         # Each variant's own drafter settings set its drafting cost (none drafts nothing).
         draft_s = {k: speculative.drafting_cost_model(
-            Decoder(model.cfg, attention_impl=v.attention_impl), built.layout, v, rows, g,
+            model.clone(attention_impl=v.attention_impl), built.layout, v, rows, g,
             source.prompt_len, n, c_tok) if v.max_draft else (0.0, 0.0) for k, v in vs.items()}
         report["cost_model"] = {"c_base_s": c_base, "c_tok_s": c_tok, "draft_s": draft_s}
         log(f"cost model: {1e3 * c_base:.3f} ms + {1e6 * c_tok:.3f} us/token; drafting "
@@ -166,8 +168,8 @@ def main(argv=None):
                         for k, (d, r) in draft_s.items()))
         vs = {k: v.replace(cost_base=c_base, cost_per_token=c_tok, draft_cost=draft_s[k][0],
                            draft_cost_per_row=draft_s[k][1]) for k, v in vs.items()}
-    spec_jits = {name: jax.jit(lambda st, p, l, i, t, v=v, m=Decoder(
-        model.cfg, attention_impl=v.attention_impl): grpo.rollout_phase(
+    spec_jits = {name: jax.jit(lambda st, p, l, i, t, v=v, m=model.clone(
+        attention_impl=v.attention_impl): grpo.rollout_phase(
             m, config.rl, v, st, p, l, i, temperature=t, **kw)) for name, v in vs.items()}
     entropy_jit = jax.jit(lambda params, p, l, out, t: mean_entropy(model, params, p, l, out, t, g))
     temps = [np.float32(t) for t in args.temperatures]

@@ -28,6 +28,9 @@ def get_config(arg=None):
     # xla | cudnn (GPU, bf16/fp16; raises elsewhere) | auto (cudnn where it applies, else
     # reference). Not bit-identical to reference (jaxrl/models/attention.py).
     c.model.prefill_attention = "reference"
+    # Scan the layers (one compiled layer run L times) instead of unrolling them: compiles
+    # grow little with depth; not bit-identical to unrolled (jaxrl/models/decoder.py).
+    c.model.scan_layers = False
 
     c.prompts = ("12+7=", "Countdown: reach 24 with 3 4 6 8.", "The quick brown fox")
     c.num_samples = 2  # completions per prompt

@@ -65,6 +65,9 @@ def get_config(arg=None):
     # xla | cudnn (GPU, bf16/fp16; raises elsewhere) | auto (cudnn where it applies, else
     # reference). Not bit-identical to reference (jaxrl/models/attention.py).
     c.model.prefill_attention = "reference"
+    # Scan the layers (one compiled layer run L times) instead of unrolling them: compiles
+    # grow little with depth; not bit-identical to unrolled (jaxrl/models/decoder.py).
+    c.model.scan_layers = False
 
     c.optim = ml_collections.ConfigDict()
     c.optim.warmup_steps = 20

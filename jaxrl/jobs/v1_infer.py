@@ -200,9 +200,11 @@ def restore_policy(cfg: V1InferConfig, layout: sharding.Layout):
         saved = dict(ckpt.restore_metadata()["config"])
         saved.pop("data.prepared", None)  # not a TrainConfig field (train.saved_config)
         train_cfg = build(train.TrainConfig, unflatten(with_fields_added_since(saved)))
-        # How attention is computed is this job's choice, not the run's architecture.
+        # How attention and the layers are computed is this job's choice, not the run's
+        # architecture.
         train_cfg = dataclasses.replace(train_cfg, model=dataclasses.replace(
-            train_cfg.model, prefill_attention=cfg.model.prefill_attention))
+            train_cfg.model, prefill_attention=cfg.model.prefill_attention,
+            scan_layers=cfg.model.scan_layers))
         if train_cfg.model != cfg.model:
             diff = {k: (v, getattr(train_cfg.model, k))
                     for k, v in dataclasses.asdict(cfg.model).items()

@@ -134,6 +134,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTE, positions_BT, mask_BTS, cache, layer, attend_cache):
+        """`layer` indexes the cache: an int, or traced when the layers are scanned."""
         cfg = self.cfg
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype,  # noqa: E731
                                     name=name)
@@ -180,6 +181,13 @@ class Decoder(nn.Module):
     # How the no-cache and prefill forms attend to their own tokens (models/attention.py:
     # PREFILL_IMPLS): "reference" materialises the scores; "cudnn"/"auto" fuse them on GPU.
     prefill_attention: str = "reference"
+    # One compiled layer run Y times (`jax.lax.scan`, the cache stacked: `init_cache(...,
+    # stacked=True)`) instead of Y unrolled copies: a program's compile then grows little
+    # with depth. Params may come as `stack_layers` gives them (what a program that runs
+    # many forwards should pass, so that the stack is made once) or per layer (stacked at
+    # each call). Off by default: on an H200 it compiled the 0.5B DAS program 2-3x faster
+    # but decoded 1.4-2.1x slower (XLA copies each layer's slices; BENCHMARKS.md).
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, *, cache: KVCache | None = None,
@@ -210,10 +218,14 @@ class Decoder(nn.Module):
         embedding = self.param("embedding", _init(("vocab", "embed")),
                                (cfg.vocab_size, cfg.hidden_size), cfg.jnp_param_dtype)
         x_BTE = jnp.take(embedding, tokens_BT, axis=0).astype(cfg.jnp_dtype)
-        for i in range(cfg.num_layers):
-            x_BTE, cache = Block(cfg, self.attention_impl, self.prefill_attention,
-                                 name=f"layers_{i}")(
-                x_BTE, positions_BT, mask_BTS, cache, i, not prefill)
+        if self.scan_layers and not self.is_initializing():
+            x_BTE, cache = self._scanned_layers(x_BTE, positions_BT, mask_BTS, cache,
+                                                not prefill)
+        else:
+            for i in range(cfg.num_layers):
+                x_BTE, cache = Block(cfg, self.attention_impl, self.prefill_attention,
+                                     name=f"layers_{i}")(
+                    x_BTE, positions_BT, mask_BTS, cache, i, not prefill)
         x_BTE = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="final_norm")(x_BTE)
         if logits_at_BK is not None:
             x_BTE = jnp.take_along_axis(x_BTE, logits_at_BK[..., None], axis=1)
@@ -227,6 +239,41 @@ class Decoder(nn.Module):
         if cache is None:
             return out
         return out, cache.advance(tokens_BT.shape[1])
+
+    def _scanned_layers(self, x_BTE, positions_BT, mask_BTS, cache, attend_cache):
+        """The layers as one `Block` applied in a scan over `stack_layers`' params, the cache
+        in the carry (each layer writes its slice in place)."""
+        if cache is not None and not cache.stacked:
+            raise ValueError("a Decoder with scan_layers=True takes a stacked KV cache: "
+                             "kv_cache.init_cache(..., stacked=True)")
+        params = self.variables["params"]
+        stacked = params["layers"] if "layers" in params else stack_layers(params)["layers"]
+        block = Block(self.cfg, self.attention_impl, self.prefill_attention, parent=None)
+
+        def layer(carry, xs):
+            x_BTE, cache = carry
+            params_i, i = xs
+            return block.apply({"params": params_i}, x_BTE, positions_BT, mask_BTS, cache, i,
+                               attend_cache), None
+
+        (x_BTE, cache), _ = jax.lax.scan(
+            layer, (x_BTE, cache), (stacked, jnp.arange(self.cfg.num_layers, dtype=jnp.int32)))
+        return x_BTE, cache
+
+
+def stack_layers(params: dict) -> dict:
+    """`params` with its `layers_{i}` replaced by one tree `layers` whose arrays stack the
+    layers' on a leading axis: the form a `scan_layers` Decoder reads without copying."""
+    names = sorted((k for k in params if k.startswith("layers_")), key=lambda k: int(k[7:]))
+    rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    return {**rest, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *(params[k] for k in names))}
+
+
+def for_forwards(model: Decoder, params: dict) -> dict:
+    """`params` as `model`'s forwards read them without a copy: stacked (`stack_layers`)
+    when it scans its layers. A program that runs many forwards (a decode loop) calls this
+    once before its loop."""
+    return stack_layers(params) if model.scan_layers and "layers" not in params else params
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:

@@ -23,7 +23,7 @@ class ModelSource:
     """`config.model`: `path` (an HF checkpoint directory) or, when '', a random init of
     `preset` over the character tokenizer; params in `param_dtype`, activations in `dtype`.
     `vocab_size` 0 = the tokenizer's (a preset's real vocab gives its real costs: bench/).
-    `prefill_attention` is the Decoder's (models/attention.py)."""
+    `prefill_attention` and `scan_layers` are the Decoder's (models/decoder.py)."""
 
     preset: str
     path: str
@@ -31,6 +31,7 @@ class ModelSource:
     param_dtype: str
     vocab_size: int
     prefill_attention: str
+    scan_layers: bool
 
     def __post_init__(self):
         one_of("config.model.dtype", self.dtype, DTYPES)
@@ -64,4 +65,5 @@ def load(source: ModelSource, seed: int, *,
                      dtype=source.dtype, param_dtype=source.param_dtype)
         params = init_params(cfg, jax.random.key(seed))
     return (Decoder(cfg, attention_impl=attention_impl,
-                    prefill_attention=source.prefill_attention), params, tokenizer)
+                    prefill_attention=source.prefill_attention,
+                    scan_layers=source.scan_layers), params, tokenizer)

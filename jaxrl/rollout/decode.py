@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxrl.models.decoder import Decoder
+from jaxrl.models.decoder import Decoder, for_forwards
 from jaxrl.models import kv_cache
 from jaxrl.rollout.sampling import SamplingParams, sample
 
@@ -59,9 +59,9 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
     b, l = prompts_BL.shape
     n = max_new_tokens
     stop_S = jnp.asarray(stop_tokens or (-1,), jnp.int32)
-    apply = functools.partial(model.apply, {"params": params})
+    apply = functools.partial(model.apply, {"params": for_forwards(model, params)})
 
-    cache = kv_cache.init_cache(model.cfg, b, l + n)
+    cache = kv_cache.init_cache(model.cfg, b, l + n, stacked=model.scan_layers)
     if layout is not None:
         cache = kv_cache.constrain(cache, layout)
     logits_B1V, cache = apply(prompts_BL, cache=cache, prefill=True,

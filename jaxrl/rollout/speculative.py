@@ -48,7 +48,7 @@ from flax import struct
 
 from jaxrl import sharding
 from jaxrl.models import kv_cache
-from jaxrl.models.decoder import Decoder, init_params, param_axes
+from jaxrl.models.decoder import Decoder, for_forwards, init_params, param_axes
 from jaxrl.rollout import drafter, policy
 from jaxrl.rollout.decode import Rollout, _validate
 from jaxrl.rollout.sampling import SamplingParams, position_keys, sample
@@ -105,10 +105,11 @@ def verify(apply, tokens_RT: jax.Array, cache, num_R: jax.Array, t0_R: jax.Array
 
 
 def timing_params(model: Decoder, layout) -> dict:
-    """Random weights placed by `layout`, for the timers (only the time matters): made once
-    per fit and shared by its verification and pass loops."""
-    return sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
-                                 param_axes(model.cfg), layout)
+    """Random weights placed by `layout`, in the form the model's forwards read
+    (`for_forwards`), for the timers (only the time matters): made once per fit and shared
+    by its verification and pass loops."""
+    return for_forwards(model, sharding.shard_params(init_params(model.cfg, jax.random.key(0)),
+                                                     param_axes(model.cfg), layout))
 
 
 def verification_timer(model: Decoder, params, verify_impl: str, context: int = 256):
@@ -128,7 +129,8 @@ def verification_timer(model: Decoder, params, verify_impl: str, context: int = 
         return new.replace(lengths_B=cache.lengths_B), sampled_RT
 
     def loop(rows, k):
-        cache = kv_cache.init_cache(model.cfg, rows, context + k + 1).replace(
+        cache = kv_cache.init_cache(model.cfg, rows, context + k + 1,
+                                    stacked=model.scan_layers).replace(
             lengths_B=jnp.full((rows,), context, jnp.int32))
         return policy.timed_loop(body, (cache, jnp.zeros((rows, k + 1), jnp.int32)), params)
 
@@ -185,7 +187,7 @@ def pass_timer(model: Decoder, params, spec: RolloutConfig, batch: int, group: i
         out = _Out(tokens_BN=outputs_BN, logprobs_BN=jnp.zeros((b, n), jnp.float32),
                    sample_logprobs_BN=jnp.zeros((b, n), jnp.float32),
                    lengths_B=jnp.full((b,), t0, jnp.int32), stopped_B=jnp.zeros((b,), bool))
-        cache = kv_cache.init_cache(model.cfg, rows, l + n + kmax + 1)
+        cache = kv_cache.init_cache(model.cfg, rows, l + n + kmax + 1, stacked=model.scan_layers)
         budgets = passes(params)[0]
         init = (rows_R, cache, jnp.zeros((rows,), jnp.int32), out,
                 _fresh_stats(jnp.full((b,), policy.LONG, jnp.int32), n), budgets(rows_R, out))
@@ -414,14 +416,15 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
         raise ValueError(f"batch {b} is not a multiple of group {group}")
     n, g, kmax = max_new_tokens, group, spec.max_draft
     stop_S = jnp.asarray(stop_tokens or (-1,), jnp.int32)
-    apply = functools.partial(model.apply, {"params": params})
+    apply = functools.partial(model.apply, {"params": for_forwards(model, params)})
     group_B = jnp.arange(b, dtype=jnp.int32) // g
     class_B = class_P[group_B]
     prompts_PL, plen_P = prompts_BL[::g], prompt_lengths_B[::g]
 
     constrain = (lambda c: c) if layout is None else (  # noqa: E731
         lambda c: kv_cache.constrain(c, layout))
-    cache = constrain(kv_cache.init_cache(model.cfg, b, l + n + kmax + 1))
+    cache = constrain(kv_cache.init_cache(model.cfg, b, l + n + kmax + 1,
+                                          stacked=model.scan_layers))
     logits_B1V, cache = apply(prompts_BL, cache=cache, prefill=True,
                               logits_at_BK=(prompt_lengths_B - 1)[:, None])
     cache = cache.replace(lengths_B=prompt_lengths_B.astype(jnp.int32))
@@ -447,7 +450,7 @@ def generate(model: Decoder, params, prompts_BL: jax.Array, prompt_lengths_B: ja
             rows_R, cache, last_R, out, stats, (live_R, _, _) = carry
             order_R = jnp.argsort(~live_R, stable=True)[:size]
             rows_R = rows_R[order_R]
-            carry = (rows_R, constrain(jax.tree.map(lambda a: a[order_R], cache)),
+            carry = (rows_R, constrain(cache.take_rows(order_R)),
                      last_R[order_R], out, stats, budgets(rows_R, out))
         fits_next = sizes[level + 1] if level + 1 < len(sizes) else 0
 

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrl import sharding
-from jaxrl.models.decoder import Decoder
+from jaxrl.models.decoder import Decoder, for_forwards
 from jaxrl.models.kv_cache import init_cache
 from jaxrl.models.tokenizer import Tokenizer
 from jaxrl.rollout.decode import generate
@@ -188,8 +188,8 @@ def rating_logprobs(model: Decoder, params, prompts_BL: jax.Array, prompt_length
     """Log-probs of the token after each right-padded prompt `[B, V]`, and of the token
     after that once `next_B` is appended `[B, V]` (float32): a prefill and one cached step."""
     b, l = prompts_BL.shape
-    apply = functools.partial(model.apply, {"params": params})
-    cache = init_cache(model.cfg, b, l + 1)
+    apply = functools.partial(model.apply, {"params": for_forwards(model, params)})
+    cache = init_cache(model.cfg, b, l + 1, stacked=model.scan_layers)
     logits_B1V, cache = apply(prompts_BL, cache=cache, prefill=True,
                               logits_at_BK=(prompt_lengths_B - 1)[:, None])
     cache = cache.replace(lengths_B=prompt_lengths_B.astype(jnp.int32))

@@ -96,8 +96,10 @@ def test_load_builds_the_config_and_param_tree(checkpoint):
                for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(expected)))
 
 
-def test_logits_match_transformers(checkpoint):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_logits_match_transformers(checkpoint, scan_layers):
     _, torch_model, _, model, params = checkpoint
+    model = model.clone(scan_layers=scan_layers)
     tokens_BT = _tokens((2, 48))
     np.testing.assert_allclose(_logits(model, params, tokens_BT),
                                _torch_logits(torch_model, tokens_BT), rtol=0, atol=TOL)
@@ -131,7 +133,8 @@ def test_left_padded_logits_match_transformers(checkpoint):
 def _greedy(model, params, prompt_BT, starts_B, steps) -> np.ndarray:
     """Greedy decoding with the KV cache: one prefill, then one token per step."""
     b, t = prompt_BT.shape
-    cache = init_cache(model.cfg, b, t + steps, starts_B=jnp.asarray(starts_B))
+    cache = init_cache(model.cfg, b, t + steps, starts_B=jnp.asarray(starts_B),
+                       stacked=model.scan_layers)
     apply = jax.jit(lambda params, tokens_BT, cache, prefill: model.apply(
         {"params": params}, tokens_BT, cache=cache, prefill=prefill), static_argnums=3)
     logits_BTV, cache = apply(params, jnp.asarray(prompt_BT), cache, True)
@@ -142,8 +145,12 @@ def _greedy(model, params, prompt_BT, starts_B, steps) -> np.ndarray:
     return np.stack(out_B, axis=1)
 
 
-def test_greedy_generation_matches_transformers(checkpoint):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_greedy_generation_matches_transformers(checkpoint, scan_layers):
+    """The KV cache's path, with the layers unrolled and scanned (the cache in the scan's
+    carry, each layer's slice written at a traced index)."""
     _, torch_model, _, model, params = checkpoint
+    model = model.clone(scan_layers=scan_layers)
     steps = 32
     starts_B = np.array([0, 4])  # row 1 is left-padded
     prompt_BT = _tokens((2, 12), seed=2)

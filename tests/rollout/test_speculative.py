@@ -100,6 +100,20 @@ def test_speculative_equals_plain(model_params, p, g, temperature, top_k, top_p,
     assert (np.asarray(stats.active_N)[:int(stats.passes)] > 0).all()
 
 
+def test_speculative_equals_plain_with_scanned_layers(model_params):
+    """The identity holds with the layers scanned (both loops; the scanned forward is not
+    bit-identical to the unrolled one), compaction's row gathers of the stacked cache
+    included."""
+    model, params = model_params
+    p, g, temperature, top_k, top_p, overrides = CASES[3]
+    _, got, stats = speculate_and_plain(
+        (model.clone(scan_layers=True), params), p, g,
+        SamplingParams.make(p * g, temperature, top_k, top_p),
+        rollout_config(verify_impl="reference", **overrides), [MEDIUM] * p)
+    assert int(stats.accepted) > 0
+    assert len(set(np.asarray(stats.bucket_N)[:int(stats.passes)].tolist())) > 1  # compacted
+
+
 # One bucket of 16 rows, where verifying 4 drafted tokens is not free (policy.free_width): each
 # pass decides whether to draft. Cost model 1 + 0.002 * tokens unless overridden.
 NO_FREE = dict(widths=(0, 4), compaction=False, class_budgets=(0, 8, 16), verify_impl="reference")
