@@ -168,10 +168,13 @@ def main(argv=None):
                         for k, (d, r) in draft_s.items()))
         vs = {k: v.replace(cost_base=c_base, cost_per_token=c_tok, draft_cost=draft_s[k][0],
                            draft_cost_per_row=draft_s[k][1]) for k, v in vs.items()}
-    spec_jits = {name: jax.jit(lambda st, p, l, i, t, v=v, m=model.clone(
-        attention_impl=v.attention_impl): grpo.rollout_phase(
-            m, config.rl, v, st, p, l, i, temperature=t, **kw)) for name, v in vs.items()}
-    entropy_jit = jax.jit(lambda params, p, l, out, t: mean_entropy(model, params, p, l, out, t, g))
+    progs = Programs(
+        plain=plain_jit, variants=vs, group=g,
+        spec={name: jax.jit(lambda st, p, l, i, t, v=v, m=model.clone(
+            attention_impl=v.attention_impl): grpo.rollout_phase(
+                m, config.rl, v, st, p, l, i, temperature=t, **kw)) for name, v in vs.items()},
+        entropy=jax.jit(lambda params, p, l, out, t: mean_entropy(model, params, p, l, out, t,
+                                                                  g)))
     temps = [np.float32(t) for t in args.temperatures]
     # Every program compiles on a background thread while SFT trains (as the job compiles
     # its first RL step): the DAS programs are the largest (minutes on a GPU). Started from
@@ -186,7 +189,7 @@ def main(argv=None):
         ahead.start("train", train_step.lower, state, *batch)
         ahead.start("plain", plain_jit.lower, state, *inputs, temps[0])
         for name, v in vs.items():
-            ahead.start(name, spec_jits[name].lower,
+            ahead.start(name, progs.spec[name].lower,
                         state.replace(history=window_view(state.history, v.window, g)),
                         *inputs, temps[0])
 
@@ -213,7 +216,7 @@ def main(argv=None):
         if step >= args.warm_steps:
             for t_name, temp in zip(args.temperatures, temps):
                 row["cells"][str(t_name)] = measure_cell(
-                    args, vs, state, inputs, temp, plain_jit, spec_jits, entropy_jit, g,
+                    args, progs, state, inputs, temp,
                     profiles if t_name == args.temperatures[0] else None,
                     args.profile_dir if step == args.warm_steps + args.steps - 1 else "",
                     log=lambda msg, t_name=t_name: log(f"step {step} T={t_name} {msg}"))
@@ -267,20 +270,33 @@ def mean_entropy(model, params, prompts_PL, prompt_lengths_P, out, temperature, 
     return losses.entropy_from_logits(logits_BNV / temperature, mask_BN)
 
 
-def measure_cell(args, vs, state, inputs, temp, plain_jit, spec_jits, entropy_jit, g,
-                 profiles, profile_dir, log):
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """The jitted rollouts a measured step times: `plain(state, prompts, lengths, ids,
+    temperature)`, `spec[name]` the same for each variant (`variants[name]` its config;
+    they return (rollout, stats)), and `entropy(params, prompts, lengths, rollout,
+    temperature)`; `group` rollouts per prompt."""
+
+    plain: object
+    spec: dict
+    variants: dict
+    entropy: object
+    group: int
+
+
+def measure_cell(args, progs: Programs, state, inputs, temp, profiles, profile_dir, log):
     """One measured step at one temperature: plain decoding timed, then every variant,
     checked against plain's tokens; `profiles` (or None) gets the live rows per pass."""
-    plain, plain_s = timed(lambda: plain_jit(state, *inputs, temp), args.repeats)
+    plain, plain_s = timed(lambda: progs.plain(state, *inputs, temp), args.repeats)
     cell = {"plain_s": plain_s, "tokens": int(plain.lengths_B.sum()),
             "max_len": int(plain.lengths_B.max()), "plain_passes": int(plain.lengths_B.max()) - 1,
-            "entropy": float(entropy_jit(state.params, inputs[0], inputs[1], plain, temp))}
+            "entropy": float(progs.entropy(state.params, inputs[0], inputs[1], plain, temp))}
     if profiles is not None:
         lengths = np.asarray(plain.lengths_B)
         profiles["plain"] = [int((lengths > i + 1).sum()) for i in range(int(lengths.max()) - 1)]
-    for name, v in vs.items():
-        st = state.replace(history=window_view(state.history, v.window, g))
-        (out, stats), secs = timed(lambda: spec_jits[name](st, *inputs, temp), args.repeats)
+    for name, v in progs.variants.items():
+        st = state.replace(history=window_view(state.history, v.window, progs.group))
+        (out, stats), secs = timed(lambda: progs.spec[name](st, *inputs, temp), args.repeats)
         same_rows = np.all(np.asarray(out.tokens_BN) == np.asarray(plain.tokens_BN), axis=1)
         m = jax.device_get(das.metrics(stats, out.lengths_B))
         cell[name] = {"s": secs, "speedup": plain_s / secs,
@@ -297,7 +313,7 @@ def measure_cell(args, vs, state, inputs, temp, plain_jit, spec_jits, entropy_ji
             profiles[name] = np.asarray(stats.active_N)[:int(stats.passes)].tolist()
             if profile_dir:
                 cell[name]["profile"] = pass_profile(
-                    lambda: spec_jits[name](st, *inputs, temp),
+                    lambda: progs.spec[name](st, *inputs, temp),
                     os.path.join(profile_dir, name), int(stats.passes))
                 log(f"{name} profile: " + ", ".join(
                     f"{k} {x:.4g}" for k, x in cell[name]["profile"].items() if k != "top"))
