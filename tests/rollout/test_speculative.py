@@ -105,11 +105,11 @@ def test_speculative_equals_plain_with_scanned_layers(model_params):
     bit-identical to the unrolled one), compaction's row gathers of the stacked cache
     included."""
     model, params = model_params
-    p, g, temperature, top_k, top_p, overrides = CASES[3]
+    p, g = 2, 4  # buckets of 8, 4 and 2 rows, two widths: the cheapest program that compacts
     _, got, stats = speculate_and_plain(
-        (model.clone(scan_layers=True), params), p, g,
-        SamplingParams.make(p * g, temperature, top_k, top_p),
-        rollout_config(verify_impl="reference", **overrides), [MEDIUM] * p)
+        (model.clone(scan_layers=True), params), p, g, SamplingParams.make(p * g, 1.0),
+        rollout_config(verify_impl="reference", widths=(0, 4), min_bucket=2, cost_base=0.05),
+        [MEDIUM] * p)
     assert int(stats.accepted) > 0
     assert len(set(np.asarray(stats.bucket_N)[:int(stats.passes)].tolist())) > 1  # compacted
 
