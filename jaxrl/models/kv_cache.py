@@ -60,7 +60,7 @@ class KVCache:
 
     def take_rows(self, rows_R: jax.Array) -> "KVCache":
         """The cache of rows `rows_R` (in that order)."""
-        take = lambda a: jnp.take(a, rows_R, axis=1 if self.stacked else 0)  # noqa: E731
+        take = (lambda a: a[:, rows_R]) if self.stacked else (lambda a: a[rows_R])
         return KVCache(jax.tree.map(take, self.k), jax.tree.map(take, self.v),
                        self.lengths_B[rows_R], self.starts_B[rows_R])
 
