@@ -30,16 +30,21 @@ FLAGS = ("--config.task.max_steps=1", "--config.sft.batch_size=8", "--config.rl.
          "--config.rl.num_generations=4", "--config.eval.num_problems=4",
          "--config.checkpoint.every=1", "--config.checkpoint.max_to_keep=3",
          "--config.rollout.fit_cost_model=False", "--config.rollout.widths=(0,4)",
-         "--config.rollout.compaction=False", "--config.task.train_pool=2",
-         # A killed process must not leave half-written entries in a shared compile cache.
-         "--config.compile.cache_dir=")
+         "--config.rollout.compaction=False", "--config.task.train_pool=2")
 
 
 def command(workdir: pathlib.Path, sft_steps: int, rl_steps: int) -> list[str]:
+    """The job in `workdir`, with a compilation cache beside it that the uninterrupted run
+    and the killed one share: the first run to compile a program writes it, and the
+    restarts read it, as a user's restarts read the default shared cache. JAX writes an
+    entry in place, so a kill can leave it truncated; reading one fails to decompress, and
+    JAX then compiles afresh with a warning (jax/_src/compiler.py), so no run reads a broken
+    program."""
     return [sys.executable, "-m", "jaxrl.main",
             f"--config=configs/grpo.py:model=tiny,sft_steps={sft_steps},rl_steps={rl_steps},"
             "speculative=True", f"--config.eval.every={max((sft_steps + rl_steps) // 3, 1)}",
-            *FLAGS, f"--workdir={workdir}"]
+            *FLAGS, f"--config.compile.cache_dir={workdir.parent / 'compile_cache'}",
+            f"--workdir={workdir}"]
 
 
 def _env() -> dict:
