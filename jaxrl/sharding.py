@@ -228,7 +228,10 @@ def place(tree, shardings):
 
     def put(x, s):
         if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim):
-            return x
+            # There already, but relabelled `s` (no data moves): a jitted step's first call
+            # would otherwise see another sharding (an uncommitted array's) than its own
+            # outputs carry, and compile the same program twice.
+            return x if x.sharding == s else jax.device_put(x, s)
         if jax.process_count() == 1:
             return jax.device_put(x, s)
         return jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x[idx]))

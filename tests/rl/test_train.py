@@ -303,13 +303,19 @@ def test_resume_refuses_a_changed_config_and_a_busy_workdir(tmp_path):
         run(tiny_config(sft_steps=2, rl_steps=0), tmp_path)
 
 
-@pytest.mark.parametrize("split_phases", [False, True])
-def test_each_step_reports_what_it_compiled(tmp_path, split_phases):
+@pytest.mark.parametrize("split_phases,num_devices", [(False, 1), (True, 8)])
+def test_each_step_reports_what_it_compiled(tmp_path, monkeypatch, split_phases, num_devices):
     """`time/compile_s` is the compile time inside the step: the first SFT step compiles its
     program; the first RL step's was compiled ahead while SFT ran (`rl_ahead`), so the step
     compiles nothing, or with split phases only its small reward and update programs; later
     steps of the same shapes (task.max_steps=1 fits every solution in one length bucket)
-    compile nothing. The summary adds them up."""
+    compile nothing. The summary adds them up. On one device too, where the initial params
+    come out of `init_params` already on the device (an uncommitted sharding, unlike the
+    steps' outputs: step 2 compiled the SFT program again until `sharding.place` relabelled
+    them)."""
+    make_mesh = sharding.make_mesh
+    monkeypatch.setattr(sharding, "make_mesh",
+                        lambda shape: make_mesh(shape, jax.devices()[:num_devices]))
     config = tiny_config(sft_steps=3, rl_steps=2)
     config.rl.split_phases = split_phases
     config.checkpoint.every = 100  # no saves between steps
