@@ -53,6 +53,9 @@ def parse_args(argv):
     p.add_argument("--rl-lr", type=float, default=1e-5)
     p.add_argument("--pool", type=int, default=64, help="distinct prompts; one step draws all")
     p.add_argument("--num-generations", type=int, default=8)
+    p.add_argument("--num-minibatches", type=int, default=0,
+                   help="config.rl.num_minibatches (0: the config's); a deep policy's update "
+                        "needs more to fit in memory")
     p.add_argument("--warm-steps", type=int, default=4, help="steps that fill the history")
     p.add_argument("--steps", type=int, default=3, help="measured steps")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each rollout per step")
@@ -91,7 +94,8 @@ def make_config(args) -> train.TrainConfig:
         "rl.num_generations": args.num_generations, "rl.old_logprobs": "sampler",
         "rollout.widths": tuple(args.widths),
         "rollout.min_bucket": args.min_bucket, "rollout.fit_cost_model": False,
-        "eval.num_problems": 1})
+        "eval.num_problems": 1,
+        **({"rl.num_minibatches": args.num_minibatches} if args.num_minibatches else {})})
 
 
 def variants(args, base: das.RolloutConfig) -> dict[str, das.RolloutConfig]:

@@ -106,3 +106,14 @@ def test_cost_model_fit_bench_times_a_fit_in_a_child(tmp_path):
               "--new-tokens", "8", "--workers", "0", "--out", str(tmp_path / "f.json"))
     (row,) = json.loads((tmp_path / "f.json").read_text())["rows"]
     assert row["workers"] == 0 and row["seconds"] > 0 and row["c_tok_s"] > 0
+
+
+def test_fused_projections_bench_times_both_layouts_of_the_same_weights(tmp_path):
+    out = tmp_path / "fused.json"
+    run_bench("fused_projections", "--presets", "tiny", "--rows", "2", "--steps", "2",
+              "--reps", "1", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["rows"], r["fused"]) for r in rows] == [(2, False), (2, True)]
+    # tiny: 2 layers of E=64, q=4x16, k=v=2x16, F=128 in bf16: 2 * 2 * (64*128 + 64*64 + 3*64*128)
+    assert rows[0]["weight_bytes"] == rows[1]["weight_bytes"] == 147456
+    assert all(r["ms_per_step"] > 0 for r in rows)
