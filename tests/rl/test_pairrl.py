@@ -282,6 +282,7 @@ def batch():
     return prompts_PL, plen_P, jnp.zeros((P, 1), jnp.int32), jnp.arange(P, dtype=jnp.int32)
 
 
+@functools.cache  # tests that ask for the same step share its compiled programs
 def step_of(verifier="none", lam=1.0, split=False, rollout=None):
     rl = rl_config(num_prompts=P, num_generations=G, num_minibatches=2, split_phases=split)
     kw = dict(max_new_tokens=N, stop_tokens=TOK.eos_ids, pad_id=PAD)
@@ -350,7 +351,8 @@ def test_das_for_generator_and_judge_rollouts_changes_no_training_bit():
     """`rollout.speculative` drafts the judge rollouts too (`das.rollout_new_prompts`): the
     same tokens as plain decoding, so the same PairRL step, bit for bit (the sampler's own
     log-probs aside: tests/rl/test_grpo.py says why), with the judge rows' drafts counted."""
-    spec = rollout_config(speculative=True, widths=(0, 4), min_bucket=4,
+    # One bucket (no compaction): compaction's identity is tests/rollout/test_speculative.py's.
+    spec = rollout_config(speculative=True, widths=(0, 4), compaction=False,
                           verify_impl="reference", fit_cost_model=False)
     plain_step, spec_step = step_of("pairwise"), step_of("pairwise", rollout=spec)
     s1, s2 = new_state(), new_state().replace(history=das.init_history(spec, P, G, N))

@@ -13,8 +13,9 @@ from jaxrl import checkpoint, sharding
 from jaxrl.jobs import train
 from jaxrl.rl import grpo
 
-MESHES = [{"data": 8, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 8, "tensor": 1},
-          {"data": 2, "fsdp": 2, "tensor": 2}]
+# Pure data parallelism, and all three axes at once; FSDP over more devices is
+# tests/rl/test_multihost.py's (fsdp 4 across two processes).
+MESHES = [{"data": 8, "fsdp": 1, "tensor": 1}, {"data": 2, "fsdp": 2, "tensor": 2}]
 
 
 def batch_axes(mesh):
@@ -46,7 +47,7 @@ def test_mesh_run_equals_one_device_run(mesh, one_device, tmp_path, monkeypatch)
 def test_rollout_rows_and_cache_are_split(monkeypatch):
     """The rollout phase's outputs come back split over the batch axes, and its KV cache is
     constrained the same way (in the lowered program), on the (data=2, fsdp=2, tensor=2) mesh."""
-    mesh = MESHES[2]
+    mesh = MESHES[1]  # data 2, fsdp 2, tensor 2
     cfg = train_config(das_config(mesh))
     built = train.build(cfg, sharding.make_mesh(cfg.mesh))
     batch = [sharding.shard_batch(x, built.layout) for x in built.source.rl_batch(2, 2)]
@@ -75,7 +76,7 @@ def test_checkpoint_saved_on_fsdp8_restores_on_data8_and_on_one_device(tmp_path)
         cfg = train_config(das_config(mesh))
         return train.build(cfg, sharding.make_mesh(cfg.mesh, devices)).state
 
-    saved = state_on(MESHES[1])
+    saved = state_on({"data": 1, "fsdp": 8, "tensor": 1})
     # Values that differ from a fresh build's, so a restore that ignored the file would fail.
     saved = saved.replace(params=jax.tree.map(lambda x: x + 1.0, saved.params),
                           opt_state=jax.tree.map(lambda x: x + 1, saved.opt_state))

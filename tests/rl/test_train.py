@@ -56,23 +56,6 @@ def final_params(config, workdir):
         ckpt.close()
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    config = tiny_config()
-    full = run(config, tmp_path / "a")
-    assert full["steps"] == 6 and set(full["accuracy"]) == {0, 3, 6}
-    run(tiny_config(rl_steps=1), tmp_path / "b")  # stops after step 4
-    resumed = run(config, tmp_path / "b")
-    assert resumed["steps"] == 6
-
-    rows_a, rows_b = step_rows(tmp_path / "a"), step_rows(tmp_path / "b")
-    assert [r["step"] for r in rows_a] == list(range(1, 7))
-    assert rows_a == rows_b
-    step_a, params_a = final_params(config, tmp_path / "a")
-    step_b, params_b = final_params(config, tmp_path / "b")
-    assert step_a == step_b == 6
-    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
-
-
 def speculative_config(rl_steps=4):
     """tiny_config with DAS rollouts from step 1 on a pool of 2 prompts, so that from step 2
     on every prompt drafts from its history."""

@@ -57,7 +57,7 @@ CASES = [  # (P, G, temperature, top_k, top_p, spec overrides)
     (2, 4, 1.0, 0, 1.0, dict(widths=(0, 2, 4))),
     (2, 4, 0.0, 0, 1.0, dict(widths=(0, 4), compaction=False)),
     (3, 2, 0.7, 5, 0.9, dict(widths=(0, 3, 8), length_aware=False)),
-    (4, 4, 1.0, 0, 0.8, dict(widths=(0, 2, 4), min_bucket=2, cost_base=0.05)),
+    (4, 4, 1.0, 0, 0.8, dict(widths=(0, 2, 4), min_bucket=4, cost_base=0.05)),  # 16, 8, 4 rows
 ]
 
 
