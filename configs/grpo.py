@@ -101,6 +101,10 @@ def get_config(arg=None):
     c.rl.loss_agg = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     c.rl.kl_coef = 0.0
     c.rl.kl_estimator = "k3"  # k1 | k2 | k3
+    # Updates per RL step, each over 1/num_minibatches of the rollouts; each minibatch's
+    # activations are kept for its backward pass, so a deep policy needs more: the 0.5B
+    # shape on sort d1 (433 new tokens x 512 rows) asks for 329 GB at 2 on an H200
+    # (BENCHMARKS.md); bench.grpo runs it at 8.
     c.rl.num_minibatches = 2
     c.rl.num_epochs = 1
     # The PPO ratio's denominator: 'recompute' runs the trainer's forward once before the
