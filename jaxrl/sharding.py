@@ -221,8 +221,9 @@ def make_layout(mesh_cfg: MeshConfig | Mapping[str, int], sharding_cfg: Sharding
 
 def place(tree, shardings):
     """`tree` (host or device values, the same on every process) put on `shardings` (a
-    pytree of them, or one for every leaf). Leaves already there stay; with several processes
-    each places only its own shards (device_put cannot reach another host's devices)."""
+    pytree of them, or one for every leaf). Leaves already there stay where they are (only
+    their sharding is relabelled, see `put`); with several processes each places only its
+    own shards (device_put cannot reach another host's devices)."""
     if isinstance(shardings, jax.sharding.Sharding):
         shardings = jax.tree.map(lambda _: shardings, tree)
 
