@@ -54,6 +54,7 @@ def parse(argv):
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--speculative", action="store_true", help="DAS rollouts")
     p.add_argument("--scan-layers", action="store_true", help="config.model.scan_layers")
+    p.add_argument("--remat", action="store_true", help="config.model.remat")
     p.add_argument("--no-ahead", action="store_true",
                    help="compile the RL step at its first call, not during SFT (the baseline)")
     p.add_argument("--cache-dir", default="",
@@ -69,6 +70,7 @@ def job_config(args, cache_dir: str) -> train.TrainConfig:
                          f"speculative={args.speculative}")
     c.model.dtype = args.dtype  # activations; params stay in the config's dtype, as in the job
     c.model.scan_layers = args.scan_layers
+    c.model.remat = args.remat
     c.model.vocab_size = model_config.PRESETS[args.preset].vocab_size if args.real_vocab else 0
     c.rl.num_prompts, c.rl.num_generations = args.num_prompts, args.num_generations
     c.compile.cache_dir = cache_dir

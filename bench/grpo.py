@@ -115,6 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="dense bf16 peak for MFU; 0: by device kind (none on unknown devices)")
     p.add_argument("--time-budget-s", type=float, default=480.0,
                    help="SFT stops at half of it and GRPO at 90%% (0: no limit)")
+    p.add_argument("--remat", type=int, default=0, help="1: config.model.remat")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default="grpo_bench")
     args = p.parse_args(argv)
@@ -142,7 +143,7 @@ def make_config(args, vocab_size: int):
         "rl.num_minibatches": args.num_minibatches, "rl.num_epochs": args.num_epochs,
         "rl.old_logprobs": args.old_logprobs, "rl.split_phases": True,
         "rl.packing": args.packing[0], "rl.pack_rows_frac": args.pack_rows_frac,
-        "model.prefill_attention": args.prefill_attention,
+        "model.prefill_attention": args.prefill_attention, "model.remat": bool(args.remat),
         "eval.num_problems": max(args.eval_problems, 1)})
 
 

@@ -70,6 +70,8 @@ def parse_args(argv):
                         "each); training and the history's warm-up sample at rl.temperature")
     p.add_argument("--scan-layers", type=int, default=0,
                    help="1: the Decoder scans its layers (config.model.scan_layers)")
+    p.add_argument("--remat", type=int, default=0,
+                   help="1: SFT and the update recompute each layer (config.model.remat)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile-dir", default="",
                    help="profile DAS and compacted plain at the last step (Perfetto) here")
@@ -88,7 +90,7 @@ def make_config(args) -> train.TrainConfig:
            f"sft_steps={args.sft_steps},rl_steps={args.warm_steps + args.steps}")
     return common.train_config(arg, {
         "seed": args.seed, "task.train_pool": args.pool, "model.dtype": args.dtype,
-        "model.scan_layers": bool(args.scan_layers),
+        "model.scan_layers": bool(args.scan_layers), "model.remat": bool(args.remat),
         "sft.batch_size": args.sft_batch, "sft.learning_rate": args.sft_lr,
         "rl.learning_rate": args.rl_lr, "rl.num_prompts": args.pool,
         "rl.num_generations": args.num_generations, "rl.old_logprobs": "sampler",

@@ -31,6 +31,7 @@ def get_config(arg=None):
     # Scan the layers (one compiled layer run L times) instead of unrolling them: compiles
     # grow little with depth; not bit-identical to unrolled (jaxrl/models/decoder.py).
     c.model.scan_layers = False
+    c.model.remat = False  # no effect here: this job takes no gradients
 
     c.prompts = ("12+7=", "Countdown: reach 24 with 3 4 6 8.", "The quick brown fox")
     c.num_samples = 2  # completions per prompt

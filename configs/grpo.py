@@ -68,6 +68,11 @@ def get_config(arg=None):
     # Scan the layers (one compiled layer run L times) instead of unrolling them: compiles
     # grow little with depth; not bit-identical to unrolled (jaxrl/models/decoder.py).
     c.model.scan_layers = False
+    # Recompute each layer's activations in the backward pass (SFT and the update) instead
+    # of keeping them: memory for a deep policy's long rollouts (the 0.5B shape on sort d1
+    # at the default minibatches) for one more forward of each layer in the backward pass;
+    # rollouts unchanged. Gradients equal up to float rounding (jaxrl/models/decoder.py).
+    c.model.remat = False
 
     c.optim = ml_collections.ConfigDict()
     c.optim.warmup_steps = 20

@@ -78,6 +78,7 @@ def get_config(arg=None):
     # Scan the layers (one compiled layer run L times) instead of unrolling them: compiles
     # grow little with depth; not bit-identical to unrolled (jaxrl/models/decoder.py).
     c.model.scan_layers = False
+    c.model.remat = False  # no effect here: this job takes no gradients
     # A `train` run's workdir: its newest checkpoint's params replace the model's; `model`
     # must then equal that run's config.model (checked), which says the architecture.
     c.policy_workdir = ""

@@ -34,8 +34,8 @@ from jaxrl.workdir import workdir_lock
 
 # Fields a resume may change: they alter neither the train state nor the data stream
 # (`resume.resume_check` refuses any other difference).
-# Not model.prefill_attention, model.scan_layers nor rl.packing: their results equal the
-# defaults' only up to float rounding, so a resumed run would not reproduce an
+# Not model.prefill_attention, model.scan_layers, model.remat nor rl.packing: their results
+# equal the defaults' only up to float rounding, so a resumed run would not reproduce an
 # uninterrupted one.
 SAFE_TO_CHANGE = {"rl.steps", "eval", "checkpoint", "mesh", "sharding", "distributed",
                   "rl.split_phases", "rollout.verify_impl", "rollout.attention_impl",

@@ -204,7 +204,7 @@ def restore_policy(cfg: V1InferConfig, layout: sharding.Layout):
         # architecture.
         train_cfg = dataclasses.replace(train_cfg, model=dataclasses.replace(
             train_cfg.model, prefill_attention=cfg.model.prefill_attention,
-            scan_layers=cfg.model.scan_layers))
+            scan_layers=cfg.model.scan_layers, remat=cfg.model.remat))
         if train_cfg.model != cfg.model:
             diff = {k: (v, getattr(train_cfg.model, k))
                     for k, v in dataclasses.asdict(cfg.model).items()

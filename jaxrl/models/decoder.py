@@ -188,6 +188,12 @@ class Decoder(nn.Module):
     # each call). Off by default: on an H200 it compiled the 0.5B DAS program 2-3x faster
     # but decoded 1.4-2.1x slower (XLA copies each layer's slices; BENCHMARKS.md).
     scan_layers: bool = False
+    # Recompute each layer's activations in the backward pass instead of keeping them: a
+    # gradient then holds each layer's input, not its internals (the `[B, H, T, T]` scores,
+    # the MLP's `[B, T, F]`), for about one more forward of compute. Forward-only programs
+    # (rollouts, evaluation) lower exactly as without it (jax.checkpoint adds its barriers
+    # only when differentiated).
+    remat: bool = False
 
     @nn.compact
     def __call__(self, tokens_BT: jax.Array, *, cache: KVCache | None = None,
@@ -222,9 +228,11 @@ class Decoder(nn.Module):
             x_BTE, cache = self._scanned_layers(x_BTE, positions_BT, mask_BTS, cache,
                                                 not prefill)
         else:
+            # static: `layer` and `attend_cache` (self is argument 0)
+            block_cls = nn.remat(Block, static_argnums=(5, 6)) if self.remat else Block
             for i in range(cfg.num_layers):
-                x_BTE, cache = Block(cfg, self.attention_impl, self.prefill_attention,
-                                     name=f"layers_{i}")(
+                x_BTE, cache = block_cls(cfg, self.attention_impl, self.prefill_attention,
+                                         name=f"layers_{i}")(
                     x_BTE, positions_BT, mask_BTS, cache, i, not prefill)
         x_BTE = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name="final_norm")(x_BTE)
         if logits_at_BK is not None:
@@ -256,6 +264,8 @@ class Decoder(nn.Module):
             return block.apply({"params": params_i}, x_BTE, positions_BT, mask_BTS, cache, i,
                                attend_cache), None
 
+        if self.remat:  # inside a scan CSE cannot merge the recomputation away (JAX docs)
+            layer = jax.checkpoint(layer, prevent_cse=False)
         (x_BTE, cache), _ = jax.lax.scan(
             layer, (x_BTE, cache), (stacked, jnp.arange(self.cfg.num_layers, dtype=jnp.int32)))
         return x_BTE, cache

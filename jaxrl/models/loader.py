@@ -23,7 +23,7 @@ class ModelSource:
     """`config.model`: `path` (an HF checkpoint directory) or, when '', a random init of
     `preset` over the character tokenizer; params in `param_dtype`, activations in `dtype`.
     `vocab_size` 0 = the tokenizer's (a preset's real vocab gives its real costs: bench/).
-    `prefill_attention` and `scan_layers` are the Decoder's (models/decoder.py)."""
+    `prefill_attention`, `scan_layers` and `remat` are the Decoder's (models/decoder.py)."""
 
     preset: str
     path: str
@@ -32,6 +32,7 @@ class ModelSource:
     vocab_size: int
     prefill_attention: str
     scan_layers: bool
+    remat: bool
 
     def __post_init__(self):
         one_of("config.model.dtype", self.dtype, DTYPES)
@@ -66,4 +67,4 @@ def load(source: ModelSource, seed: int, *,
         params = init_params(cfg, jax.random.key(seed))
     return (Decoder(cfg, attention_impl=attention_impl,
                     prefill_attention=source.prefill_attention,
-                    scan_layers=source.scan_layers), params, tokenizer)
+                    scan_layers=source.scan_layers, remat=source.remat), params, tokenizer)

@@ -1,6 +1,8 @@
 """The scanned layers' param form (`stack_layers`, `for_forwards`); their logits are tested
-against transformers in test_hf.py."""
+against transformers in test_hf.py. Per-layer rematerialisation (`remat`): the same forward
+program, the same gradients, less memory."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -37,3 +39,55 @@ def test_a_scanning_decoder_refuses_a_per_layer_cache():
     with pytest.raises(ValueError, match="stacked=True"):
         Decoder(cfg, scan_layers=True).apply({"params": params}, tokens_BT,
                                              cache=init_cache(cfg, 1, 8), prefill=True)
+
+
+# Rematerialisation reruns each layer's forward ops in the backward pass; XLA may fuse the
+# rerun differently, which can reorder a reduction but computes no other function.
+# Reordering an n-term float32 sum moves it by <= 2 gamma_n sum|terms| ~ 2 n u sum|terms|
+# (u = 2^-24; Higham, section 4.2). The longest reductions here: a weight gradient's sum over
+# B T = 4 x 24 = 96 token slots and the MLP width 128, so 2 gamma_128 ~ 1.5e-5 relative to
+# the sum of |terms|, which on this random-init tiny model stays within a few times the
+# largest result: 1e-4 of each array's largest magnitude covers it with a margin.
+RTOL_OF_MAX = 1e-4
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_remat_keeps_the_forward_program_and_the_gradients_and_cuts_memory(scan_layers):
+    cfg = preset("tiny", vocab_size=32, dtype="float32", param_dtype="float32")
+    params = init_params(cfg, jax.random.key(0))
+    tokens_BT = jax.random.randint(jax.random.key(1), (4, 24), 0, cfg.vocab_size)
+    plain, remat = (Decoder(cfg, scan_layers=scan_layers, remat=r) for r in (False, True))
+
+    def forward(model):
+        return jax.jit(lambda p: model.apply({"params": p}, tokens_BT)).lower(params).as_text()
+
+    assert forward(remat) == forward(plain)  # rollouts and evaluation are unchanged
+
+    def loss_grad(model, tokens):
+        def loss(p):
+            logp_BTV = jax.nn.log_softmax(model.apply({"params": p}, tokens))
+            return -jnp.mean(jnp.take_along_axis(logp_BTV[:, :-1], tokens[:, 1:, None], -1))
+        return jax.jit(jax.value_and_grad(loss))
+
+    (v0, g0), (v1, g1) = (loss_grad(m, tokens_BT)(params) for m in (plain, remat))
+    assert v1 == v0  # the primal forward is the same program's
+    for got, want in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        want = np.asarray(want)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0,
+                                   atol=RTOL_OF_MAX * max(np.abs(want).max(), 1e-30))
+
+    # What one more layer adds to the backward's memory, at 2 and 4 layers: without remat
+    # at least its float32 attention scores [B, H, T, T] (kept for the softmax's gradient);
+    # with it a few copies of its input [B, T, E], the only activation a layer keeps.
+    b, t = 8, 128
+    long_BT = jnp.zeros((b, t), jnp.int32)
+
+    def temp_bytes(layers, remat_on):
+        deep = cfg.replace(num_layers=layers)
+        model = Decoder(deep, scan_layers=scan_layers, remat=remat_on)
+        compiled = loss_grad(model, long_BT).lower(init_params(deep, jax.random.key(0))).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    per_layer = {r: (temp_bytes(4, r) - temp_bytes(2, r)) / 2 for r in (False, True)}
+    assert per_layer[False] >= b * cfg.num_heads * t * t * 4, per_layer
+    assert per_layer[True] <= 4 * b * t * cfg.hidden_size * 4, per_layer
