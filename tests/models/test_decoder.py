@@ -53,9 +53,10 @@ RTOL_OF_MAX = 1e-4
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_remat_keeps_the_forward_program_and_the_gradients_and_cuts_memory(scan_layers):
-    cfg = preset("tiny", vocab_size=32, dtype="float32", param_dtype="float32")
+    cfg = preset("tiny", vocab_size=32, num_layers=4, dtype="float32", param_dtype="float32")
     params = init_params(cfg, jax.random.key(0))
-    tokens_BT = jax.random.randint(jax.random.key(1), (4, 24), 0, cfg.vocab_size)
+    b, t = 4, 24
+    tokens_BT = jax.random.randint(jax.random.key(1), (b, t), 0, cfg.vocab_size)
     plain, remat = (Decoder(cfg, scan_layers=scan_layers, remat=r) for r in (False, True))
 
     def forward(model):
@@ -63,31 +64,24 @@ def test_remat_keeps_the_forward_program_and_the_gradients_and_cuts_memory(scan_
 
     assert forward(remat) == forward(plain)  # rollouts and evaluation are unchanged
 
-    def loss_grad(model, tokens):
+    def compiled_loss_grad(model):
         def loss(p):
-            logp_BTV = jax.nn.log_softmax(model.apply({"params": p}, tokens))
-            return -jnp.mean(jnp.take_along_axis(logp_BTV[:, :-1], tokens[:, 1:, None], -1))
-        return jax.jit(jax.value_and_grad(loss))
+            logp_BTV = jax.nn.log_softmax(model.apply({"params": p}, tokens_BT))
+            return -jnp.mean(jnp.take_along_axis(logp_BTV[:, :-1], tokens_BT[:, 1:, None], -1))
+        return jax.jit(jax.value_and_grad(loss)).lower(params).compile()
 
-    (v0, g0), (v1, g1) = (loss_grad(m, tokens_BT)(params) for m in (plain, remat))
+    compiled = [compiled_loss_grad(m) for m in (plain, remat)]
+    (v0, g0), (v1, g1) = (c(params) for c in compiled)
     assert v1 == v0  # the primal forward is the same program's
     for got, want in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         want = np.asarray(want)
         np.testing.assert_allclose(np.asarray(got), want, rtol=0,
                                    atol=RTOL_OF_MAX * max(np.abs(want).max(), 1e-30))
 
-    # What one more layer adds to the backward's memory, at 2 and 4 layers: without remat
-    # at least its float32 attention scores [B, H, T, T] (kept for the softmax's gradient);
-    # with it a few copies of its input [B, T, E], the only activation a layer keeps.
-    b, t = 8, 128
-    long_BT = jnp.zeros((b, t), jnp.int32)
-
-    def temp_bytes(layers, remat_on):
-        deep = cfg.replace(num_layers=layers)
-        model = Decoder(deep, scan_layers=scan_layers, remat=remat_on)
-        compiled = loss_grad(model, long_BT).lower(init_params(deep, jax.random.key(0))).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    per_layer = {r: (temp_bytes(4, r) - temp_bytes(2, r)) / 2 for r in (False, True)}
-    assert per_layer[False] >= b * cfg.num_heads * t * t * 4, per_layer
-    assert per_layer[True] <= 4 * b * t * cfg.hidden_size * 4, per_layer
+    # Without remat the backward starts with every layer's internals alive, the float32
+    # attention probabilities [B, H, T, T] among them (the softmax's gradient reads them);
+    # with it, only the layer inputs and one layer's internals at a time. So remat must
+    # save at least the probabilities of Y - 1 layers.
+    temp = [c.memory_analysis().temp_size_in_bytes for c in compiled]
+    probs_bytes = b * cfg.num_heads * t * t * 4
+    assert temp[0] - temp[1] >= (cfg.num_layers - 1) * probs_bytes, temp
