@@ -7,8 +7,8 @@ layer, as `models/decoder.py` has them) against fused (qkv, o, gate_up, down: 4 
 Each program runs `--steps` decode-like steps in one jitted loop: per layer an RMS norm, the
 q/k/v projections (their sum through o stands in for attention, which is left out), a
 norm, gate/up, SiLU and down; weights random bf16 (the fused ones the unfused ones
-concatenated), one array per layer as in the model (no slicing of stacked weights). Batch 1 decodes as 2 rows (`decode.generate` duplicates a
-lone row), so `--rows 2` is batch 1. The best of `--reps` timed calls after a warm-up;
+concatenated), one array per layer as in the model (no slicing of stacked weights). Batch 1
+decodes as 2 rows (`decode.generate` duplicates a lone row), so `--rows 2` is batch 1. The best of `--reps` timed calls after a warm-up;
 GB/s counts the layer weights read once per step.
 
 Local smoke test (CPU):

@@ -69,9 +69,10 @@ def get_config(arg=None):
     # grow little with depth; not bit-identical to unrolled (jaxrl/models/decoder.py).
     c.model.scan_layers = False
     # Recompute each layer's activations in the backward pass (SFT and the update) instead
-    # of keeping them: memory for a deep policy's long rollouts (the 0.5B shape on sort d1
-    # at the default minibatches) for one more forward of each layer in the backward pass;
-    # rollouts unchanged. Gradients equal up to float rounding (jaxrl/models/decoder.py).
+    # of keeping them: what lets a deep policy's long rollouts fit (the 0.5B shape on sort
+    # d1 at the default minibatches), for 18% more SFT and update time there on an H200
+    # (BENCHMARKS.md); rollouts unchanged. Gradients equal up to float rounding
+    # (jaxrl/models/decoder.py).
     c.model.remat = False
 
     c.optim = ml_collections.ConfigDict()

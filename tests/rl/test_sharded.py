@@ -18,22 +18,17 @@ from jaxrl.rl import grpo
 # pure data-parallel mesh splits the batch the same way over one axis (its run was cut to
 # keep the suite inside its budget; the checkpoint test below still restores onto data 8).
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
+BATCH_AXES = ("data", "fsdp")  # the axes MESH splits rows over (configs/scale.py: "batch")
 DATA8 = {"data": 8, "fsdp": 1, "tensor": 1}
 
 
-def batch_axes(mesh):
-    split = tuple(a for a in ("data", "fsdp") if mesh[a] > 1)
-    return split[0] if len(split) == 1 else split
-
-
 def test_mesh_run_equals_one_device_run(one_device, tmp_path, monkeypatch):
-    mesh = MESH
     rows_1, params_1, _ = one_device
-    rows_8, params_8, seen = run_on(das_config(mesh), tmp_path, monkeypatch)
+    rows_8, params_8, seen = run_on(das_config(MESH), tmp_path, monkeypatch)
     # The SFT batch (8 rows) is split over data x fsdp, not handed whole to every device.
     assert len(seen) == 2
     for s in (s for shardings in seen for s in shardings):
-        assert s.spec[0] == batch_axes(mesh) and len(s.device_set) == 8
+        assert s.spec[0] == BATCH_AXES and len(s.device_set) == 8
     assert [r["step"] for r in rows_1] == [r["step"] for r in rows_8] == [0, 1, 2, 2, 3, 4, 4]
     assert rows_8[4]["grad_norm"] > 0 and rows_8[5]["spec/drafted"] > 0  # RL learns; DAS drafts
     for a, b in zip(rows_1, rows_8):
@@ -50,8 +45,7 @@ def test_mesh_run_equals_one_device_run(one_device, tmp_path, monkeypatch):
 def test_rollout_rows_and_cache_are_split(monkeypatch):
     """The rollout phase's outputs come back split over the batch axes, and its KV cache is
     constrained the same way (in the lowered program), on the (data=2, fsdp=2, tensor=2) mesh."""
-    mesh = MESH
-    cfg = train_config(das_config(mesh))
+    cfg = train_config(das_config(MESH))
     built = train.build(cfg, sharding.make_mesh(cfg.mesh))
     batch = [sharding.shard_batch(x, built.layout) for x in built.source.rl_batch(2, 2)]
     rollout = jax.jit(functools.partial(
@@ -61,7 +55,7 @@ def test_rollout_rows_and_cache_are_split(monkeypatch):
     compiled = rollout.lower(built.state, batch[0], batch[1], batch[3]).compile()
     for s in (compiled.output_shardings[0].tokens_BN, compiled.output_shardings[0].lengths_B,
               compiled.output_shardings[0].logprobs_BN):
-        assert s.spec[0] == batch_axes(mesh)
+        assert s.spec[0] == BATCH_AXES
     # Each device holds its block of the KV cache [B, K, S, D]: B / 4 rows (data x fsdp),
     # K / 2 heads (tensor); nowhere the whole cache.
     m = built.model.cfg
