@@ -72,11 +72,19 @@ def parse_args(argv):
                    help="1: the Decoder scans its layers (config.model.scan_layers)")
     p.add_argument("--remat", type=int, default=0,
                    help="1: SFT and the update recompute each layer (config.model.remat)")
+    p.add_argument("--compile-ahead-at", type=int, default=1,
+                   help="SFT step after which the RL programs start compiling on background "
+                        "threads (1: beside SFT, as the job does; 0: after SFT, so that a large "
+                        "policy's SFT and the compiles' autotuning do not share the GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile-dir", default="",
                    help="profile DAS and compacted plain at the last step (Perfetto) here")
     p.add_argument("--out-dir", default="rollout_bench")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 <= args.compile_ahead_at <= max(args.sft_steps, 1):
+        p.error(f"--compile-ahead-at={args.compile_ahead_at}: must be in [0, --sft-steps="
+                f"{args.sft_steps}]")
+    return args
 
 
 def make_config(args) -> train.TrainConfig:
@@ -184,8 +192,8 @@ def main(argv=None):
     temps = [np.float32(t) for t in args.temperatures]
     # Every program compiles on a background thread while SFT trains (as the job compiles
     # its first RL step): the DAS programs are the largest (minutes on a GPU). Started from
-    # the state after the first SFT step, whose shardings every later state has (these
-    # jits fix none of their own; the built state's differ).
+    # the state after an SFT step (--compile-ahead-at), whose shardings every later state
+    # has (these jits fix none of their own; the built state's differ).
     # Inputs stay host arrays, lowered and called alike (a device array made by
     # jnp.asarray is uncommitted when called, but lowers committed: another program).
     ahead, batch = compilation.Ahead(), source.rl_batch(0, args.pool)
@@ -200,12 +208,12 @@ def main(argv=None):
                         *inputs, temps[0])
 
     for step, _, state, m, seconds in common.sft_steps(built, args.sft_steps, args.sft_batch):
-        if step == 1:
+        if step == args.compile_ahead_at:
             compile_ahead(state)
         if step % 100 == 0 or step == args.sft_steps:
             log(f"sft {step}/{args.sft_steps}: loss {float(m['sft_loss']):.3f} "
                 f"token acc {float(m['token_accuracy']):.3f}")
-    if not args.sft_steps:
+    if not (args.compile_ahead_at and args.sft_steps):
         compile_ahead(state)
     waited = ahead.wait("train")
     for name in ("plain", *vs):
