@@ -25,7 +25,7 @@ def test_rollout_bench_variants_reproduce_plain_decoding(tmp_path):
     run_bench("rollout", "--preset", "tiny", "--difficulty", "0", "--dtype", "float32",
               "--sft-steps", "2", "--temperatures", "1.0,0.6",
               "--warm-steps", "1", "--steps", "1", "--pool", "2", "--num-generations", "4",
-              "--repeats", "1", "--ablations", "no_compaction", "--fit-cost-model", "0",
+              "--repeats", "1", "--ablations", "", "--fit-cost-model", "0",
               "--widths", "0,4", "--profile-dir", str(tmp_path / "profile"),
               "--out-dir", str(tmp_path))
     report = json.loads((tmp_path / "rollout.json").read_text())
@@ -40,10 +40,10 @@ def test_rollout_bench_variants_reproduce_plain_decoding(tmp_path):
     assert "profile" not in step["cells"]["0.6"]["das"]  # the first temperature's only
     assert first["plain_compacted"]["drafting_passes"] == 0
     for t, summary in report["summary"].items():
-        assert set(summary) == {"plain_s", "entropy", "plain_compacted", "das", "no_compaction"}
+        assert set(summary) == {"plain_s", "entropy", "plain_compacted", "das"}
         # A mean entropy over a 128-token vocabulary lies in (0, log 128].
         assert 0 < summary["entropy"] <= math.log(128), t
-        for name in ("plain_compacted", "das", "no_compaction"):
+        for name in ("plain_compacted", "das"):
             assert summary[name]["rows_identical"] == 1.0, (t, name)
             assert summary[name]["s"] > 0
         assert summary["plain_compacted"]["passes"] == summary["plain_compacted"]["plain_passes"]

@@ -158,7 +158,9 @@ def test_speculative_rollouts_leave_training_unchanged():
     each rollout; the default split phases are proven in the training loop itself, every
     RL metric at every step, by tests/test_reproduce.py (the DAS table's runs)."""
     n = 12
-    das_cfg = rollout_config(speculative=True, widths=(0, 4), min_bucket=4,
+    # One bucket: compaction's identity is the unit tests' and the DAS table's
+    # (tests/rollout/test_speculative.py, tests/test_reproduce.py).
+    das_cfg = rollout_config(speculative=True, widths=(0, 4), compaction=False,
                              verify_impl="reference", fit_cost_model=False)
     assert rl_config().old_logprobs == "recompute"  # the default this test is about
     plain_step = make(FirstTokenReward(), False, n=n)
