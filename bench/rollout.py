@@ -59,8 +59,9 @@ def parse_args(argv):
     p.add_argument("--warm-steps", type=int, default=4, help="steps that fill the history")
     p.add_argument("--steps", type=int, default=3, help="measured steps")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each rollout per step")
-    p.add_argument("--ablations", default="no_length_aware,no_compaction,window_1,window_16",
-                   help="comma list; '' for none")
+    p.add_argument("--ablations", type=common.csv(str),
+                   default=["no_length_aware", "no_compaction", "window_1", "window_16"],
+                   help=f"comma list of {sorted(ABLATIONS)}; '' for none")
     p.add_argument("--widths", type=common.csv(int), default=[0, 4, 8, 16],
                    help="verification widths (one compile each)")
     p.add_argument("--min-bucket", type=int, default=8)
@@ -82,8 +83,11 @@ def parse_args(argv):
     p.add_argument("--out-dir", default="rollout_bench")
     args = p.parse_args(argv)
     if not 0 <= args.compile_ahead_at <= max(args.sft_steps, 1):
-        p.error(f"--compile-ahead-at={args.compile_ahead_at}: must be in [0, --sft-steps="
-                f"{args.sft_steps}]")
+        p.error(f"--compile-ahead-at={args.compile_ahead_at}: must be in "
+                f"[0, {max(args.sft_steps, 1)}] (--sft-steps={args.sft_steps})")
+    unknown = [name for name in args.ablations if name not in ABLATIONS]
+    if unknown:
+        p.error(f"--ablations: unknown {unknown}; valid: {sorted(ABLATIONS)}")
     return args
 
 
@@ -108,26 +112,27 @@ def make_config(args) -> train.TrainConfig:
         **({"rl.num_minibatches": args.num_minibatches} if args.num_minibatches else {})})
 
 
-def variants(args, base: das.RolloutConfig) -> dict[str, das.RolloutConfig]:
+# name -> how an ablation changes DAS's rollout config.
+ABLATIONS = {
+    "min_prob_0": lambda base: base.replace(min_token_prob=0.0),
+    # Drafts reach 32 tokens only if spec_factor * max_match allows it.
+    "drafts_32": lambda base: base.replace(widths=base.widths + (32,), spec_factor=2.0),
+    "no_length_aware": lambda base: base.replace(length_aware=False),
+    "no_compaction": lambda base: base.replace(compaction=False),
+    "window_1": lambda base: base.replace(window=1),
+    "window_16": lambda base: base.replace(window=16),
+    # The kernels (kernels/): DAS with the XLA verification instead of the Pallas one, and
+    # with the Pallas ragged attention in the cached passes.
+    "xla_verify": lambda base: base.replace(verify_impl="reference"),
+    "pallas_attention": lambda base: base.replace(attention_impl="pallas")}
+
+
+def variants(ablations: list[str], base: das.RolloutConfig) -> dict[str, das.RolloutConfig]:
     """name -> the rollout config of each variant; `base` (DAS as configured) is `das`."""
     # Compacted plain decoding: no drafts, finished rows compacted as DAS does, so that
     # DAS's gain over it is speculation's alone.
-    out = {"plain_compacted": base.replace(widths=(0,)), "das": base}
-    table = {"min_prob_0": base.replace(min_token_prob=0.0),
-             # Drafts reach 32 tokens only if spec_factor * max_match allows it.
-             "drafts_32": base.replace(widths=base.widths + (32,), spec_factor=2.0),
-             "no_length_aware": base.replace(length_aware=False),
-             "no_compaction": base.replace(compaction=False),
-             "window_1": base.replace(window=1), "window_16": base.replace(window=16),
-             # The kernels (kernels/): DAS with the XLA verification instead of the Pallas
-             # one, and with the Pallas ragged attention in the cached passes.
-             "xla_verify": base.replace(verify_impl="reference"),
-             "pallas_attention": base.replace(attention_impl="pallas")}
-    for name in filter(None, args.ablations.split(",")):
-        if name not in table:
-            raise SystemExit(f"--ablations: unknown {name!r}; valid: {sorted(table)}")
-        out[name] = table[name]
-    return out
+    return {"plain_compacted": base.replace(widths=(0,)), "das": base,
+            **{name: ABLATIONS[name](base) for name in ablations}}
 
 
 def window_view(history: drafter.History, window: int, group: int) -> drafter.History:
@@ -147,7 +152,7 @@ def main(argv=None):
     args = parse_args(argv)
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     config = make_config(args)
-    vs = variants(args, config.rollout)
+    vs = variants(args.ablations, config.rollout)
     # One history, kept with the largest window a variant views (`window_view`).
     config = dataclasses.replace(config, rollout=config.rollout.replace(
         window=max(v.window for v in vs.values())))
@@ -190,10 +195,11 @@ def main(argv=None):
         entropy=jax.jit(lambda params, p, l, out, t: mean_entropy(model, params, p, l, out, t,
                                                                   g)))
     temps = [np.float32(t) for t in args.temperatures]
-    # Every program compiles on a background thread while SFT trains (as the job compiles
-    # its first RL step): the DAS programs are the largest (minutes on a GPU). Started from
-    # the state after an SFT step (--compile-ahead-at), whose shardings every later state
-    # has (these jits fix none of their own; the built state's differ).
+    # Every program compiles on a background thread, started after SFT step
+    # --compile-ahead-at: by default the first, so beside SFT as the job compiles its first
+    # RL step (the DAS programs are the largest: minutes on a GPU); 0 starts them after SFT.
+    # They lower from the state after an SFT step, whose shardings every later state has
+    # (these jits fix none of their own; the built state's differ).
     # Inputs stay host arrays, lowered and called alike (a device array made by
     # jnp.asarray is uncommitted when called, but lowers committed: another program).
     ahead, batch = compilation.Ahead(), source.rl_batch(0, args.pool)

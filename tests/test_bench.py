@@ -8,6 +8,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -49,6 +51,26 @@ def test_rollout_bench_variants_reproduce_plain_decoding(tmp_path):
         assert summary["plain_compacted"]["passes"] == summary["plain_compacted"]["plain_passes"]
     table = (tmp_path / "rollout.md").read_text()
     assert "| 1.0 | | das |" in table and "| 0.6 | | das |" in table
+
+
+def test_rollout_bench_refuses_bad_flags_and_builds_each_ablation(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))  # `bench` imports from the root, as it runs there
+    from bench import rollout
+
+    for argv, named in ((["--ablations", "window_1,no_such"], "['no_such']"),
+                        (["--sft-steps", "2", "--compile-ahead-at", "3"], "[0, 2]"),
+                        (["--sft-steps", "0", "--compile-ahead-at", "2"], "[0, 1]")):
+        with pytest.raises(SystemExit):
+            rollout.parse_args(argv)
+        assert named in capsys.readouterr().err, argv
+    args = rollout.parse_args(["--ablations", "window_1,no_compaction,drafts_32"])
+    base = rollout.make_config(args).rollout
+    out = rollout.variants(args.ablations, base)
+    assert list(out) == ["plain_compacted", "das", "window_1", "no_compaction", "drafts_32"]
+    assert out["das"] == base and out["plain_compacted"].widths == (0,)
+    assert out["window_1"] == base.replace(window=1)
+    assert out["no_compaction"] == base.replace(compaction=False)
+    assert out["drafts_32"].widths == (*base.widths, 32) and base.widths[-1] < 32
 
 
 def test_das_pass_bench_times_every_piece(tmp_path):
