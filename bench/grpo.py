@@ -33,6 +33,10 @@ What is reported (the JSON in `--out-dir` has every step):
 - Rollout lengths: every completion length of every GRPO step (a histogram PNG, with the
   reference solution lengths of the same prompts for comparison).
 - Greedy held-out accuracy after SFT and after GRPO (`--eval-problems 0` skips it).
+- `--profile-dir DIR`: after GRPO, one rollout of the final state, then the update phase of
+  each packing mode on it, timed and profiled (`common.profile`: kernel groups by time) with
+  XLA's own count of the compiled program's FLOPs and bytes, to see what the update is bound
+  by. Under `profile` in the JSON.
 - `--packing none,segments`: the first mode trains; before each step, every further mode
   takes the same step (same state, same batch, so the same rollout) on a copy of the state,
   and its update seconds, update MFU (padded and real, the same FLOPs as above: what the
@@ -117,6 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="SFT stops at half of it and GRPO at 90%% (0: no limit)")
     p.add_argument("--remat", type=int, default=0, help="1: config.model.remat")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile-dir", default="",
+                   help="after GRPO, profile one update of each --packing mode here")
     p.add_argument("--out-dir", default="grpo_bench")
     args = p.parse_args(argv)
     # The RL fields are checked by the typed config (config.rl.*); these have no config field.
@@ -449,6 +455,11 @@ def main(args: argparse.Namespace) -> None:
                                   "truncated_frac": _mean([r["truncated_frac"] for r in rl_rows])},
             "packing": packing_summary(rl_rows, args.packing, peak),
         }
+    if args.profile_dir:
+        report["profile"] = profile_updates(args, config, built, state,
+                                            source.rl_batch(args.sft_steps + args.rl_steps,
+                                                            args.num_prompts))
+        common.write_json(json_path, report)
     evaluate("after_rl")
     if common.peak_memory_gib() is not None:
         report["peak_memory_gib"] = common.peak_memory_gib()
@@ -464,6 +475,46 @@ def main(args: argparse.Namespace) -> None:
     common.write_json(json_path, report)
     log(f"wrote {json_path}")
     print(tables(report), flush=True)
+
+
+def profile_updates(args, config, built, state, batch) -> dict:
+    """Per packing mode: the update phase (not donating, so each mode sees the same state) on
+    one rollout of `state`, timed and profiled, with the compiled program's cost analysis."""
+    import functools
+
+    import jax
+
+    from jaxrl.rl import grpo
+
+    tok, n_new = built.source.tokenizer, built.source.max_new_tokens
+    prompts_PL, plen_P, _, ids_P = batch
+    out, _ = jax.jit(functools.partial(
+        grpo.rollout_phase, built.model, config.rl, config.rollout, max_new_tokens=n_new,
+        stop_tokens=tuple(tok.eos_ids), pad_id=tok.pad_id))(state, prompts_PL, plen_P, ids_P)
+    # The update computes the same whatever the rewards are; random ones give every group
+    # an advantage, as a learning policy's would.
+    rewards_B = jax.random.normal(jax.random.key(0), out.lengths_B.shape)
+    inputs = (state, prompts_PL, plen_P, ids_P, out, rewards_B)
+    result = {}
+    for mode in args.packing:
+        update = jax.jit(functools.partial(grpo.update_phase, built.model,
+                                           config.rl.replace(packing=mode)))
+        cost = update.lower(*inputs).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        prof = common.profile(lambda: update(*inputs)[1],
+                              os.path.join(args.profile_dir, mode))
+        top = sorted(prof["groups"].items(), key=lambda kv: -kv[1][0])[:20]
+        result[mode] = {"wall_ms": prof["wall_ms"], "busy_ms": prof["busy_ms"],
+                        "kernels": prof["kernels"], "top": top,
+                        "xla_flops": cost.get("flops"),
+                        "xla_bytes_accessed": cost.get("bytes accessed")}
+        log(f"update profile, packing={mode}: {prof['wall_ms']:.1f} ms wall, "
+            f"{prof['busy_ms']:.1f} ms busy in {prof['kernels']} kernels; XLA counts "
+            f"{(cost.get('flops') or 0) / 1e12:.2f} TFLOP, "
+            f"{(cost.get('bytes accessed') or 0) / 1e9:.1f} GB")
+        for name, (ms, calls) in top[:12]:
+            log(f"  {ms:8.2f} ms {calls:6d}  {name}")
+    return result
 
 
 def _f(x, spec):

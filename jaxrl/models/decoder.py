@@ -146,6 +146,44 @@ class Block(nn.Module):
         return x_BTE, cache
 
 
+def unembed(x_BTE: jax.Array, unembed_EV: jax.Array) -> jax.Array:
+    """float32 logits `[B, T, V]` of activations and unembedding in the activation dtype.
+
+    Autodiff of the float32-accumulating product would multiply the float32 logit
+    gradient `[B, T, V]` with the bfloat16 operands in float32 GEMMs (TF32 on an H100/H200:
+    half the bfloat16 rate; on the 0.5B shape's 152k vocabulary they were the update's
+    largest kernels), and round the results to bfloat16 anyway. Below float32 the gradient
+    is rounded to the activation dtype first, so that the two backward GEMMs run at its rate
+    (float32 accumulation kept); in float32 it is plain autodiff."""
+    if x_BTE.dtype == jnp.float32:
+        return _logits(x_BTE, unembed_EV)
+    return _low_precision_logits(x_BTE, unembed_EV)
+
+
+def _logits(x_BTE, unembed_EV):
+    return jnp.einsum("bte,ev->btv", x_BTE, unembed_EV, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _low_precision_logits(x_BTE, unembed_EV):
+    return _logits(x_BTE, unembed_EV)
+
+
+def _low_precision_logits_fwd(x_BTE, unembed_EV):
+    return _logits(x_BTE, unembed_EV), (x_BTE, unembed_EV)
+
+
+def _low_precision_logits_bwd(residuals, g_BTV):
+    x_BTE, unembed_EV = residuals
+    g_BTV = g_BTV.astype(x_BTE.dtype)
+    dx_BTE = jnp.einsum("btv,ev->bte", g_BTV, unembed_EV, preferred_element_type=jnp.float32)
+    dw_EV = jnp.einsum("bte,btv->ev", x_BTE, g_BTV, preferred_element_type=jnp.float32)
+    return dx_BTE.astype(x_BTE.dtype), dw_EV.astype(unembed_EV.dtype)
+
+
+_low_precision_logits.defvjp(_low_precision_logits_fwd, _low_precision_logits_bwd)
+
+
 def _masks(tokens_BT, cache, attention_mask_BT, positions_BT, prefill, segment_ids_BT):
     """(positions_BT, mask_BTS) for the three call forms: no cache, prefill, cached step."""
     b, t = tokens_BT.shape
@@ -242,8 +280,7 @@ class Decoder(nn.Module):
         else:
             unembed_EV = self.param("lm_head", _init(("embed", "vocab")),
                                     (cfg.hidden_size, cfg.vocab_size), cfg.jnp_param_dtype)
-        out = jnp.einsum("bte,ev->btv", x_BTE, unembed_EV.astype(cfg.jnp_dtype),
-                         preferred_element_type=jnp.float32)
+        out = unembed(x_BTE, unembed_EV.astype(cfg.jnp_dtype))
         if cache is None:
             return out
         return out, cache.advance(tokens_BT.shape[1])

@@ -25,7 +25,7 @@ from jaxrl.rl import advantages as adv_lib
 from jaxrl.rl import losses
 from jaxrl.rl import packing as packing_lib
 from jaxrl.rl import rewards as rewards_lib
-from jaxrl.rl.logprobs import completion_mask, completion_stats
+from jaxrl.rl.logprobs import completion_mask, completion_stats, pack_if_fits
 from jaxrl.rl.state import TrainState, apply_gradients
 from jaxrl.rollout import das
 from jaxrl.rollout.decode import Rollout, generate
@@ -160,12 +160,12 @@ class ExtraRows:
 
 
 def _policy_term(model, rl, params, prompts_BL, plen_B, rollout, adv_B, mask_BN, old_BN,
-                 ref_BN):
-    """The PPO-clip loss (plus the KL term) of some rows and its metrics."""
+                 ref_BN, layout=None):
+    """The PPO-clip loss (plus the KL term) of some rows and its metrics; `layout` packs the
+    rows' forward (rl/logprobs.py)."""
     tokens_BN, lengths_B = rollout.tokens_BN, rollout.lengths_B
-    logp_BN, entropy_BN, packed = completion_stats(
-        model, params, prompts_BL, plen_B, tokens_BN, lengths_B, packing=rl.packing,
-        pack_rows_frac=rl.pack_rows_frac)
+    logp_BN, entropy_BN = completion_stats(model, params, prompts_BL, plen_B, tokens_BN,
+                                           lengths_B, layout)
     loss, m = losses.policy_loss(
         logp_BN, old_BN, adv_B, mask_BN, clip_low=rl.clip_low, clip_high=rl.clip_high,
         dual_clip=rl.dual_clip or None, agg=rl.loss_agg)
@@ -176,12 +176,25 @@ def _policy_term(model, rl, params, prompts_BL, plen_B, rollout, adv_B, mask_BN,
         m["kl_ref"] = kl
     valid_BN = completion_mask(lengths_B, tokens_BN.shape[1])
     m["entropy"] = losses.masked_mean(entropy_BN, valid_BN)
-    if rl.packing != "none":
-        m["packing/packed_frac"] = packed.astype(jnp.float32)
     m["sampler_trainer_logprob_gap"] = (
         jnp.sum(jnp.abs(logp_BN - rollout.logprobs_BN) * valid_BN)
         / jnp.maximum(valid_BN.sum(), 1.0))
     return loss, m
+
+
+def _policy_grads(model, rl, params, prompts_BL, plen_B, rollout, adv_B, mask_BN, old_BN,
+                  ref_BN):
+    """`((loss, metrics), grads)` of `_policy_term`, its forward packed where the rows fit
+    (`rl.packing`; the choice is made outside the gradient)."""
+    def grads(layout):
+        return jax.value_and_grad(lambda p: _policy_term(
+            model, rl, p, prompts_BL, plen_B, rollout, adv_B, mask_BN, old_BN, ref_BN,
+            layout), has_aux=True)(params)
+    ((loss, m), g), packed = pack_if_fits(grads, rl.packing, rl.pack_rows_frac, prompts_BL,
+                                          plen_B, rollout.tokens_BN, rollout.lengths_B)
+    if rl.packing != "none":
+        m["packing/packed_frac"] = packed.astype(jnp.float32)
+    return (loss, m), g
 
 
 def _shuffled_rows(key_of, b: int, rl: RLConfig):
@@ -228,10 +241,10 @@ def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, pr
         rows_B = out.tokens_BN.shape[0]
 
         def chunk(rows_M):
-            take = lambda x: x[rows_M]  # noqa: E731
-            return completion_stats(model, params, take(prompts_BL), take(plen_B),
-                                    take(out.tokens_BN), take(out.lengths_B),
-                                    packing=rl.packing, pack_rows_frac=rl.pack_rows_frac)[0]
+            rows = (prompts_BL[rows_M], plen_B[rows_M], out.tokens_BN[rows_M],
+                    out.lengths_B[rows_M])
+            return pack_if_fits(lambda layout: completion_stats(model, params, *rows, layout)[0],
+                                rl.packing, rl.pack_rows_frac, *rows)[0]
         rows_CM = jnp.arange(rows_B).reshape(rl.num_minibatches, -1)
         return jax.lax.map(chunk, rows_CM).reshape(rows_B, -1)
 
@@ -247,9 +260,8 @@ def update_phase(model: Decoder, rl: RLConfig, state: TrainState, prompts_PL, pr
         loss, metrics, grads = 0.0, {}, None
         for i, (role, old_BN, ref_BN, rows_M) in enumerate(zip(roles, old, ref, rows)):
             take = lambda x: _rows(layout, jax.tree.map(lambda a: a[rows_M], x))  # noqa: E731
-            loss_fn = lambda params: _policy_term(  # noqa: E731
-                model, rl, params, *take(role), take(old_BN), take(ref_BN))
-            (role_loss, m), role_grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            (role_loss, m), role_grads = _policy_grads(model, rl, state.params, *take(role),
+                                                       take(old_BN), take(ref_BN))
             if i == 0:
                 loss, metrics, grads = role_loss, m, role_grads
             else:

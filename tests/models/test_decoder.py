@@ -85,3 +85,40 @@ def test_remat_keeps_the_forward_program_and_the_gradients_and_cuts_memory(scan_
     temp = [c.memory_analysis().temp_size_in_bytes for c in compiled]
     probs_bytes = b * cfg.num_heads * t * t * 4
     assert temp[0] - temp[1] >= (cfg.num_layers - 1) * probs_bytes, temp
+
+
+def test_bf16_unembed_gradient_rounds_the_logit_gradient_once():
+    """`unembed` below float32 rounds the float32 logit gradient to bfloat16 before its two
+    backward GEMMs; against JAX's autodiff of the float32-accumulating product (float32
+    GEMMs, results rounded to bfloat16) it differs only by that rounding. Per element the
+    bound is derived: rounding g to bfloat16 moves each term g_v w_v by <= u |g_v w_v| (u =
+    2^-8, bfloat16's unit roundoff), the sum by <= u sum |g_v w_v|; each result's final
+    rounding to bfloat16 adds <= u |result|; float32 accumulation over <= 40 terms adds
+    <= 40 * 2^-24 sum |g_v w_v|, inside the 2^-16 slack."""
+    from jaxrl.models.decoder import unembed
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 3, 16)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(16, 40)) * 0.1, jnp.bfloat16)
+    g = jnp.asarray(rng.normal(size=(2, 3, 40)), jnp.float32)
+    autodiff = lambda x, w: jnp.einsum("bte,ev->btv", x, w,  # noqa: E731
+                                       preferred_element_type=jnp.float32)
+    out, vjp = jax.vjp(unembed, x, w)
+    want_out, want_vjp = jax.vjp(autodiff, x, w)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, want_out)  # the forward is the same product
+    u = 2.0 ** -8
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    abs_g, abs_x, abs_w = np.abs(f64(g)), np.abs(f64(x)), np.abs(f64(w))
+    sums = {"dx": np.einsum("btv,ev->bte", abs_g, abs_w),
+            "dw": np.einsum("bte,btv->ev", abs_x, abs_g)}
+    for name, got, want in zip(("dx", "dw"), vjp(g), want_vjp(g)):
+        assert got.dtype == want.dtype == jnp.bfloat16, name
+        got, want = f64(got), f64(want)
+        tol = (u + 2.0 ** -16) * sums[name] + u * (np.abs(got) + np.abs(want))
+        assert np.all(np.abs(got - want) <= tol), name
+        assert not np.array_equal(got, want), name  # the rounding of g does happen
+    # In float32 it is autodiff's own product.
+    x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+    for got, want in zip(jax.vjp(unembed, x32, w32)[1](g), jax.vjp(autodiff, x32, w32)[1](g)):
+        np.testing.assert_array_equal(got, want)

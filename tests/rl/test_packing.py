@@ -11,7 +11,7 @@ from configs import rl_config
 from jaxrl.models.config import preset
 from jaxrl.models.decoder import Decoder, _masks, init_params
 from jaxrl.rl import grpo, packing
-from jaxrl.rl.logprobs import completion_stats
+from jaxrl.rl.logprobs import completion_stats, pack_if_fits
 from jaxrl.rollout.decode import Rollout
 
 # Sequences of real length 3, 2, 4, 1 in 2 rows of 5 slots, longest first: m2 -> row 0 at 0
@@ -91,27 +91,36 @@ def test_packed_logprobs_loss_and_grads_match_unpacked():
                      "packed": dict(packing="segments", pack_rows_frac=0.75)}.items():
         rl = rl_config(**kw)
 
-        def loss_fn(p):
-            return grpo._policy_term(model, rl, p, prompts, plen, rollout, adv,
-                                     jnp.asarray(valid, jnp.float32), old, None)
-
         @jax.jit
         def run(p):
-            (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
-            return loss, m, grads, completion_stats(model, p, prompts, plen, comp, clen, **kw)
+            (loss, m), grads = grpo._policy_grads(model, rl, p, prompts, plen, rollout, adv,
+                                                  jnp.asarray(valid, jnp.float32), old, None)
+            stats = pack_if_fits(lambda layout: completion_stats(
+                model, p, prompts, plen, comp, clen, layout), rl.packing, rl.pack_rows_frac,
+                prompts, plen, comp, clen)
+            return loss, m, grads, stats
         results[name] = run(params)
-    loss, m, grads, (logp, ent, packed) = results["packed"]
-    want_loss, want_m, want_grads, (want_logp, want_ent, _) = results["none"]
+    loss, m, grads, ((logp, ent), packed) = results["packed"]
+    want_loss, want_m, want_grads, ((want_logp, want_ent), _) = results["none"]
     assert bool(packed) and float(m["packing/packed_frac"]) == 1.0
+    assert "packing/packed_frac" not in want_m
     assert_close(np.asarray(logp)[valid], np.asarray(want_logp)[valid])
     assert_close(np.asarray(ent)[valid], np.asarray(want_ent)[valid])
     assert_close(loss, want_loss)
     assert_close(m["entropy"], want_m["entropy"])
     jax.tree.map(assert_close, grads, want_grads)
     assert float(np.abs(np.asarray(want_loss))) > 0  # a loss that moves the params
-    # One packed row cannot hold the batch: the unpacked forward runs instead.
-    logp, _, packed = jax.jit(lambda p: completion_stats(
-        model, p, prompts, plen, comp, clen, packing="segments", pack_rows_frac=0.125))(params)
+    # One packed row cannot hold the batch: the unpacked forward and gradient run instead.
+    rl = rl_config(packing="segments", pack_rows_frac=0.125)
+    (loss, m), grads = jax.jit(lambda p: grpo._policy_grads(
+        model, rl, p, prompts, plen, rollout, adv, jnp.asarray(valid, jnp.float32), old,
+        None))(params)
+    assert float(m["packing/packed_frac"]) == 0.0
+    assert_close(loss, want_loss)
+    jax.tree.map(assert_close, grads, want_grads)
+    (logp, _), packed = jax.jit(lambda p: pack_if_fits(lambda layout: completion_stats(
+        model, p, prompts, plen, comp, clen, layout), "segments", 0.125, prompts, plen, comp,
+        clen))(params)
     assert not bool(packed)
     assert_close(np.asarray(logp)[valid], np.asarray(want_logp)[valid])
 
