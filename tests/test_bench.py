@@ -63,6 +63,7 @@ def test_rollout_bench_refuses_bad_flags_and_builds_each_ablation(capsys, monkey
         with pytest.raises(SystemExit):
             rollout.parse_args(argv)
         assert named in capsys.readouterr().err, argv
+    assert rollout.parse_args(["--ablations", ""]).ablations == []  # as BENCHMARKS.md runs it
     args = rollout.parse_args(["--ablations", "window_1,no_compaction,drafts_32"])
     base = rollout.make_config(args).rollout
     out = rollout.variants(args.ablations, base)
