@@ -35,8 +35,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 GRPO_CONFIG = ROOT / "configs" / "grpo.py"
 
 
-def csv(kind):
-    """An argparse `type`: comma-separated values of `kind` ("1,16,64" -> [1, 16, 64])."""
+def csv(kind, allow_empty: bool = False):
+    """An argparse `type`: comma-separated values of `kind` ("1,16,64" -> [1, 16, 64]); ''
+    is refused unless `allow_empty` (then it is [])."""
     import argparse
 
     def parse(text: str) -> list:
@@ -45,7 +46,7 @@ def csv(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r}: expected comma-separated {kind.__name__}s") from None
-        if not values:
+        if not values and not allow_empty:
             raise argparse.ArgumentTypeError(f"{text!r}: expected at least one value")
         return values
     return parse

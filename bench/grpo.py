@@ -35,8 +35,9 @@ What is reported (the JSON in `--out-dir` has every step):
 - Greedy held-out accuracy after SFT and after GRPO (`--eval-problems 0` skips it).
 - `--profile-dir DIR`: after GRPO, one rollout of the final state, then the update phase of
   each packing mode on it, timed and profiled (`common.profile`: kernel groups by time) with
-  XLA's own count of the compiled program's FLOPs and bytes, to see what the update is bound
-  by. Under `profile` in the JSON.
+  XLA's own count of the compiled program's FLOPs and bytes (its cost analysis, which on
+  the H200 counted 0.16 TFLOP for an unpacked update that does several: kernel times, not
+  that count, say what the update is bound by). Under `profile` in the JSON.
 - `--packing none,segments`: the first mode trains; before each step, every further mode
   takes the same step (same state, same batch, so the same rollout) on a copy of the state,
   and its update seconds, update MFU (padded and real, the same FLOPs as above: what the
@@ -499,9 +500,10 @@ def profile_updates(args, config, built, state, batch) -> dict:
     for mode in args.packing:
         update = jax.jit(functools.partial(grpo.update_phase, built.model,
                                            config.rl.replace(packing=mode)))
-        cost = update.lower(*inputs).compile().cost_analysis()
+        compiled = update.lower(*inputs).compile()  # the jit's call would compile it again
+        cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
-        prof = common.profile(lambda: update(*inputs)[1],
+        prof = common.profile(lambda: compiled(*inputs)[1],
                               os.path.join(args.profile_dir, mode))
         top = sorted(prof["groups"].items(), key=lambda kv: -kv[1][0])[:20]
         result[mode] = {"wall_ms": prof["wall_ms"], "busy_ms": prof["busy_ms"],

@@ -59,7 +59,7 @@ def parse_args(argv):
     p.add_argument("--warm-steps", type=int, default=4, help="steps that fill the history")
     p.add_argument("--steps", type=int, default=3, help="measured steps")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each rollout per step")
-    p.add_argument("--ablations", type=lambda text: [x for x in text.split(",") if x],
+    p.add_argument("--ablations", type=common.csv(str, allow_empty=True),
                    default=["no_length_aware", "no_compaction", "window_1", "window_16"],
                    help=f"comma list of {sorted(ABLATIONS)}; '' for none")
     p.add_argument("--widths", type=common.csv(int), default=[0, 4, 8, 16],
